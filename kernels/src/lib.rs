@@ -1,0 +1,270 @@
+//! Group-wise INT8/INT4 quantization kernels on plain slices.
+//!
+//! This crate owns the arithmetic of shrinkray and nothing else: no files,
+//! no threads, no command line. The [`scalar`] module is the specification;
+//! any faster path must produce the same codes, scales and mins bit for bit.
+//!
+//! The data layout is the one of the packed format (FORMAT.md, also in the
+//! project README): a tensor is a sequence of rows of `k` elements; each row
+//! is cut into groups of `group` elements (the last one may be shorter); each
+//! group gets one scale (and one min for asymmetric schemes); codes are packed
+//! per row, one byte per code at 8 bits, two codes per byte at 4 bits with
+//! element `2i` in the low nibble of byte `i`.
+
+#![deny(missing_docs)]
+
+pub mod scalar;
+
+use std::fmt;
+
+/// A quantization scheme: bit width and symmetry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// 8-bit symmetric: `w = c · scale`, `c` an `i8` in `[-127, 127]`.
+    Int8Sym,
+    /// 8-bit asymmetric: `w = c · scale + min`, `c` in `[0, 255]`.
+    Int8Asym,
+    /// 4-bit symmetric: `w = (c − 8) · scale`, `c` in `[0, 15]`.
+    Int4Sym,
+    /// 4-bit asymmetric: `w = c · scale + min`, `c` in `[0, 15]`.
+    Int4Asym,
+}
+
+impl Scheme {
+    /// Every scheme, in the order used by tables and benchmarks.
+    pub const ALL: [Scheme; 4] = [
+        Scheme::Int8Sym,
+        Scheme::Int8Asym,
+        Scheme::Int4Sym,
+        Scheme::Int4Asym,
+    ];
+
+    /// Bits per code.
+    pub fn bits(self) -> u32 {
+        match self {
+            Scheme::Int8Sym | Scheme::Int8Asym => 8,
+            Scheme::Int4Sym | Scheme::Int4Asym => 4,
+        }
+    }
+
+    /// Whether the scheme stores a scale only (no min).
+    pub fn symmetric(self) -> bool {
+        matches!(self, Scheme::Int8Sym | Scheme::Int4Sym)
+    }
+
+    /// The name used on the command line and in file metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Int8Sym => "int8",
+            Scheme::Int8Asym => "int8-asym",
+            Scheme::Int4Sym => "int4",
+            Scheme::Int4Asym => "int4-asym",
+        }
+    }
+
+    /// Parses a name produced by [`Scheme::name`] (`int8-sym`/`int4-sym` are accepted too).
+    pub fn from_name(s: &str) -> Option<Scheme> {
+        match s {
+            "int8" | "int8-sym" => Some(Scheme::Int8Sym),
+            "int8-asym" => Some(Scheme::Int8Asym),
+            "int4" | "int4-sym" => Some(Scheme::Int4Sym),
+            "int4-asym" => Some(Scheme::Int4Asym),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The floating-point type scales and mins are stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScaleDtype {
+    /// IEEE binary16 (the default, as in ggml and MLX).
+    F16,
+    /// bfloat16.
+    BF16,
+    /// IEEE binary32.
+    F32,
+}
+
+impl ScaleDtype {
+    /// Bytes per stored scale or min.
+    pub fn size(self) -> usize {
+        match self {
+            ScaleDtype::F16 | ScaleDtype::BF16 => 2,
+            ScaleDtype::F32 => 4,
+        }
+    }
+
+    /// The safetensors dtype name (`F16`, `BF16`, `F32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleDtype::F16 => "F16",
+            ScaleDtype::BF16 => "BF16",
+            ScaleDtype::F32 => "F32",
+        }
+    }
+
+    /// Rounds `v` to the nearest value of this type (ties to even), as an f32.
+    #[inline]
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            ScaleDtype::F16 => half::f16::from_f32(v).to_f32(),
+            ScaleDtype::BF16 => half::bf16::from_f32(v).to_f32(),
+            ScaleDtype::F32 => v,
+        }
+    }
+
+    /// Writes `v` (already representable in this type) as little-endian bytes.
+    #[inline]
+    pub fn encode(self, v: f32, out: &mut [u8]) {
+        match self {
+            ScaleDtype::F16 => out.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+            ScaleDtype::BF16 => out.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+            ScaleDtype::F32 => out.copy_from_slice(&v.to_le_bytes()),
+        }
+    }
+}
+
+impl fmt::Display for ScaleDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a quantized tensor looks like: scheme, group size and scale type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QuantFormat {
+    /// Bit width and symmetry.
+    pub scheme: Scheme,
+    /// Elements per group along a row (at least 1); the last group of a row may be shorter.
+    pub group: usize,
+    /// Type of the stored scales and mins.
+    pub scale_dtype: ScaleDtype,
+}
+
+impl QuantFormat {
+    /// Groups in a row of `k` elements: `ceil(k / group)`.
+    pub fn groups_per_row(&self, k: usize) -> usize {
+        k.div_ceil(self.group)
+    }
+
+    /// Bytes of packed codes in a row of `k` elements.
+    pub fn code_bytes_per_row(&self, k: usize) -> usize {
+        match self.scheme.bits() {
+            8 => k,
+            _ => k.div_ceil(2),
+        }
+    }
+
+    /// Bytes of scales in a row of `k` elements.
+    pub fn scale_bytes_per_row(&self, k: usize) -> usize {
+        self.groups_per_row(k) * self.scale_dtype.size()
+    }
+
+    /// Bytes of mins in a row of `k` elements (0 for symmetric schemes).
+    pub fn min_bytes_per_row(&self, k: usize) -> usize {
+        if self.scheme.symmetric() {
+            0
+        } else {
+            self.scale_bytes_per_row(k)
+        }
+    }
+}
+
+/// The output slices of a run of whole rows, laid out as in the packed file.
+#[derive(Debug)]
+pub struct RowsOut<'a> {
+    /// Packed codes: rows × `code_bytes_per_row`.
+    pub codes: &'a mut [u8],
+    /// Encoded scales: rows × `scale_bytes_per_row`.
+    pub scales: &'a mut [u8],
+    /// Encoded mins: rows × `min_bytes_per_row` (empty for symmetric schemes).
+    pub mins: &'a mut [u8],
+}
+
+/// Reconstruction-error statistics gathered while quantizing.
+///
+/// The error of an element is `x − x̂`, where `x̂` is what a reader decodes
+/// from the stored code, scale and min with f32 arithmetic.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ErrorStats {
+    /// Elements seen.
+    pub count: u64,
+    /// Σ (x − x̂)².
+    pub sum_sq_err: f64,
+    /// Σ x².
+    pub sum_sq: f64,
+    /// max |x − x̂| over finite elements.
+    pub max_abs_err: f32,
+    /// Elements that are NaN or ±Inf.
+    pub nonfinite: u64,
+    /// Index (within the slice given to the kernel) of the first NaN or ±Inf.
+    pub first_nonfinite: Option<u64>,
+    /// Groups whose scale or min does not fit the scale dtype (would be ±Inf).
+    pub overflowed_groups: u64,
+    /// Non-zero groups whose scale became zero (too small for the scale dtype,
+    /// or below the smallest normal f32).
+    pub zeroed_groups: u64,
+}
+
+impl ErrorStats {
+    /// Adds `other`, whose element indices start `offset` elements after this one's.
+    pub fn merge(&mut self, other: &ErrorStats, offset: u64) {
+        self.count += other.count;
+        self.sum_sq_err += other.sum_sq_err;
+        self.sum_sq += other.sum_sq;
+        self.max_abs_err = self.max_abs_err.max(other.max_abs_err);
+        self.nonfinite += other.nonfinite;
+        let theirs = other.first_nonfinite.map(|i| i + offset);
+        self.first_nonfinite = match (self.first_nonfinite, theirs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.overflowed_groups += other.overflowed_groups;
+        self.zeroed_groups += other.zeroed_groups;
+    }
+
+    /// Root-mean-square error (0 for no elements).
+    pub fn rmse(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            (self.sum_sq_err / self.count as f64).sqrt()
+        }
+    }
+
+    /// Relative error ‖W − Ŵ‖ / ‖W‖ (0 when both are 0, +∞ when only W is 0).
+    pub fn rel_error(&self) -> f64 {
+        if self.sum_sq_err == 0.0 {
+            0.0
+        } else {
+            (self.sum_sq_err / self.sum_sq).sqrt()
+        }
+    }
+
+    /// Signal-to-quantization-noise ratio in dB (+∞ for an exact reconstruction).
+    pub fn sqnr_db(&self) -> f64 {
+        if self.sum_sq_err == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (self.sum_sq / self.sum_sq_err).log10()
+        }
+    }
+}
+
+/// Quantizes whole rows of `k` elements from `src` into `out`.
+///
+/// `src.len()` must be a multiple of `k`, and the output slices must have
+/// exactly the sizes [`QuantFormat`] gives for that many rows.
+///
+/// # Panics
+/// If `k == 0` with a non-empty `src`, if `fmt.group == 0`, or if a slice
+/// length does not match.
+pub fn quantize_rows(fmt: &QuantFormat, k: usize, src: &[f32], out: RowsOut<'_>) -> ErrorStats {
+    scalar::quantize_rows(fmt, k, src, out)
+}

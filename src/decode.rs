@@ -1,0 +1,245 @@
+//! Reading packed files: finding each quantized tensor's codes, scales and
+//! mins, checking them against the format, and decoding them to f32.
+//!
+//! The decoding here is written from the format description alone and
+//! shares no arithmetic with the kernels, so `verify` can catch writer bugs.
+
+use std::collections::HashSet;
+
+use safetensors::Dtype;
+use shrinkray_kernels::{QuantFormat, ScaleDtype, Scheme};
+
+use crate::checkpoint::{is_quantizable, Checkpoint, TensorEntry};
+use crate::format::{mins_name, qweight_name, scales_name, PackedMeta, PackedTensor};
+use crate::plan::scale_safetensors_dtype;
+
+/// A packed file breaks the format.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: tensor `{tensor}`: {reason}")]
+pub struct FormatError {
+    /// The packed file.
+    pub file: String,
+    /// The tensor concerned.
+    pub tensor: String,
+    /// The rule broken.
+    pub reason: String,
+}
+
+/// One quantized tensor of a packed checkpoint, checked against the format.
+#[derive(Clone, Debug)]
+pub struct Quantized<'a> {
+    /// The original tensor's name.
+    pub name: String,
+    /// Its metadata entry.
+    pub info: PackedTensor,
+    /// Its quantization format.
+    pub fmt: QuantFormat,
+    /// The original dtype.
+    pub dtype: Dtype,
+    /// The original shape.
+    pub shape: Vec<usize>,
+    /// Rows.
+    pub rows: usize,
+    /// Elements per row.
+    pub k: usize,
+    /// Index of the shard holding it.
+    pub shard: usize,
+    /// The codes tensor.
+    pub codes: &'a TensorEntry,
+    /// The scales tensor.
+    pub scales: &'a TensorEntry,
+    /// The mins tensor (asymmetric schemes).
+    pub mins: Option<&'a TensorEntry>,
+}
+
+impl Quantized<'_> {
+    /// Bytes stored for this tensor (codes + scales + mins).
+    pub fn stored_bytes(&self) -> u64 {
+        (self.codes.nbytes() + self.scales.nbytes() + self.mins.map_or(0, |m| m.nbytes())) as u64
+    }
+}
+
+/// A tensor of a packed checkpoint, as the original model knew it.
+#[derive(Clone, Debug)]
+pub enum Item<'a> {
+    /// Quantized.
+    Quantized(Box<Quantized<'a>>),
+    /// Stored as is.
+    Kept {
+        /// Index of the shard holding it.
+        shard: usize,
+        /// The tensor.
+        entry: &'a TensorEntry,
+    },
+}
+
+impl Item<'_> {
+    /// The original tensor name.
+    pub fn name(&self) -> &str {
+        match self {
+            Item::Quantized(q) => &q.name,
+            Item::Kept { entry, .. } => &entry.name,
+        }
+    }
+}
+
+/// Lists the tensors of a packed checkpoint (or of a plain one: all kept), in file order.
+pub fn read_items(ckpt: &Checkpoint) -> Result<Vec<Item<'_>>, FormatError> {
+    let mut items = Vec::new();
+    for (si, shard) in ckpt.shards.iter().enumerate() {
+        let file = shard.path.display().to_string();
+        let err = |tensor: &str, reason: String| FormatError {
+            file: file.clone(),
+            tensor: tensor.to_string(),
+            reason,
+        };
+        let meta = match PackedMeta::from_metadata(&shard.metadata) {
+            None => PackedMeta::default(),
+            Some(m) => m.map_err(|r| err("__metadata__", r))?,
+        };
+        let mut pieces: HashSet<String> = HashSet::new();
+        let mut quantized = std::collections::HashMap::new();
+        for (name, info) in &meta.tensors {
+            let q = check_quantized(ckpt, si, name, info).map_err(|r| err(name, r))?;
+            pieces.insert(q.codes.name.clone());
+            pieces.insert(q.scales.name.clone());
+            if let Some(m) = q.mins {
+                pieces.insert(m.name.clone());
+            }
+            quantized.insert(q.codes.name.clone(), q);
+        }
+        for t in &shard.tensors {
+            if let Some(q) = quantized.remove(&t.name) {
+                items.push(Item::Quantized(Box::new(q)));
+            } else if !pieces.contains(&t.name) {
+                items.push(Item::Kept {
+                    shard: si,
+                    entry: t,
+                });
+            }
+        }
+    }
+    Ok(items)
+}
+
+fn check_quantized<'a>(
+    ckpt: &'a Checkpoint,
+    si: usize,
+    name: &str,
+    info: &PackedTensor,
+) -> Result<Quantized<'a>, String> {
+    let shard = &ckpt.shards[si];
+    let fmt = info.quant_format().ok_or_else(|| {
+        format!(
+            "unknown quantization ({} bits={} symmetric={} group_size={} scale_dtype={})",
+            info.scheme, info.bits, info.symmetric, info.group_size, info.scale_dtype
+        )
+    })?;
+    let dtype = info
+        .original_dtype()
+        .filter(|d| is_quantizable(*d))
+        .ok_or_else(|| format!("original dtype `{}` is not F32, F16 or BF16", info.dtype))?;
+    let (&k, lead) = info
+        .shape
+        .split_last()
+        .ok_or_else(|| "original shape is a scalar".to_string())?;
+    let rows = lead
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| "original shape overflows".to_string())?;
+    let find = |n: String, dtype: Dtype, last: usize| -> Result<&'a TensorEntry, String> {
+        let t = shard
+            .tensor(&n)
+            .ok_or_else(|| format!("`{n}` is missing from this file"))?;
+        let want: Vec<usize> = [lead, &[last]].concat();
+        if t.dtype != dtype || t.shape != want {
+            return Err(format!(
+                "`{n}` is {} {:?}, the format says {dtype} {want:?}",
+                t.dtype, t.shape
+            ));
+        }
+        Ok(t)
+    };
+    let cdt = if fmt.scheme == Scheme::Int8Sym {
+        Dtype::I8
+    } else {
+        Dtype::U8
+    };
+    let sdt = scale_safetensors_dtype(fmt.scale_dtype);
+    let codes = find(qweight_name(name), cdt, fmt.code_bytes_per_row(k))?;
+    let scales = find(scales_name(name), sdt, fmt.groups_per_row(k))?;
+    let mins = if fmt.scheme.symmetric() {
+        if shard.tensor(&mins_name(name)).is_some() {
+            return Err(format!(
+                "`{}` present for a symmetric scheme",
+                mins_name(name)
+            ));
+        }
+        None
+    } else {
+        Some(find(mins_name(name), sdt, fmt.groups_per_row(k))?)
+    };
+    Ok(Quantized {
+        name: name.to_string(),
+        info: info.clone(),
+        fmt,
+        dtype,
+        shape: info.shape.clone(),
+        rows,
+        k,
+        shard: si,
+        codes,
+        scales,
+        mins,
+    })
+}
+
+/// Reads stored scale `i` of `bytes`.
+fn scale_at(dt: ScaleDtype, bytes: &[u8], i: usize) -> f32 {
+    match dt {
+        ScaleDtype::F16 => half::f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
+        ScaleDtype::BF16 => half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
+        ScaleDtype::F32 => f32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes")),
+    }
+}
+
+/// Decodes whole rows of `k` elements into `out` (`out.len()` = rows × k).
+///
+/// `codes`, `scales` and `mins` hold the same rows, laid out as in the file.
+pub fn decode_rows(
+    fmt: &QuantFormat,
+    k: usize,
+    codes: &[u8],
+    scales: &[u8],
+    mins: &[u8],
+    out: &mut [f32],
+) {
+    if k == 0 {
+        return;
+    }
+    let p = fmt.code_bytes_per_row(k);
+    let g = fmt.groups_per_row(k);
+    for (r, row) in out.chunks_exact_mut(k).enumerate() {
+        for (j, w) in row.iter_mut().enumerate() {
+            let gi = r * g + j / fmt.group;
+            let scale = scale_at(fmt.scale_dtype, scales, gi);
+            let c = if fmt.scheme.bits() == 8 {
+                codes[r * p + j]
+            } else {
+                let byte = codes[r * p + j / 2];
+                if j % 2 == 0 {
+                    byte & 0x0F
+                } else {
+                    byte >> 4
+                }
+            };
+            *w = match fmt.scheme {
+                Scheme::Int8Sym => f32::from(c as i8) * scale,
+                Scheme::Int4Sym => (f32::from(c) - 8.0) * scale,
+                Scheme::Int8Asym | Scheme::Int4Asym => {
+                    f32::from(c) * scale + scale_at(fmt.scale_dtype, mins, gi)
+                }
+            };
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The engine: walks a plan tensor by tensor and fills the output files.
+//!
+//! Inside a tensor, rows are cut into chunks of about [`CHUNK_ELEMS`]
+//! elements that rayon's workers quantize in parallel. Each chunk is turned
+//! into f32 in a small per-worker buffer (F32 input that is aligned is used
+//! in place) and handed to the kernel, which writes codes, scales and mins
+//! straight into the tensor's output buffers and returns the chunk's error
+//! statistics. Memory held: the chunk buffers plus one tensor's output.
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use safetensors::Dtype;
+use shrinkray_kernels::{quantize_rows, ErrorStats, QuantFormat, RowsOut};
+
+use crate::checkpoint::{Checkpoint, Shard};
+use crate::plan::{Action, Plan, TensorPlan};
+use crate::writer::{PendingFile, WriteError};
+
+/// Elements per work item: large enough to amortise scheduling, small enough for L2.
+pub const CHUNK_ELEMS: usize = 1 << 16;
+
+/// What to do with NaN and ±Inf in a tensor to be quantized.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Nonfinite {
+    /// Refuse the tensor (the default).
+    #[default]
+    Error,
+    /// Quantize them as 0 and report how many there were.
+    Zero,
+}
+
+/// Why the engine stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A tensor holds NaN or ±Inf.
+    #[error("{file}: tensor `{tensor}`: {count} non-finite value(s) (NaN or Inf), the first at flat index {index}; use --nonfinite zero to quantize them as 0")]
+    Nonfinite {
+        /// The input file.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// Flat index of the first one.
+        index: u64,
+        /// How many.
+        count: u64,
+    },
+    /// Scales or mins do not fit the scale dtype.
+    #[error("{file}: tensor `{tensor}`: {groups} group(s) need a scale or min beyond the range of {scale_dtype}; use --scale-dtype f32")]
+    ScaleOverflow {
+        /// The input file.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// Groups concerned.
+        groups: u64,
+        /// The scale dtype.
+        scale_dtype: String,
+    },
+    /// Writing failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// What the engine measured for one tensor.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TensorOutcome {
+    /// Error statistics (quantized tensors only).
+    pub stats: Option<ErrorStats>,
+    /// Bytes written for this tensor.
+    pub written: u64,
+}
+
+/// Runs `plan` over `ckpt`, writing shard `i` of the plan into `files[i]`.
+///
+/// Returns one outcome per tensor, in plan order. `progress` advances by
+/// input bytes.
+pub fn run(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    files: &[PendingFile],
+    nonfinite: Nonfinite,
+    progress: &ProgressBar,
+) -> Result<Vec<TensorOutcome>, EngineError> {
+    let mut outcomes = Vec::new();
+    for (sp, file) in plan.shards.iter().zip(files) {
+        let shard = &ckpt.shards[sp.input];
+        file.write_at(&sp.layout.header, 0)?;
+        for tp in &sp.tensors {
+            let data = shard.data(&tp.entry);
+            let outcome = match &tp.action {
+                Action::Keep(_) => {
+                    file.write_at(data, tp.pieces[0].offset)?;
+                    progress.inc(data.len() as u64);
+                    TensorOutcome {
+                        stats: None,
+                        written: data.len() as u64,
+                    }
+                }
+                Action::Quantize(fmt) => quantize_one(shard, tp, fmt, file, nonfinite, progress)?,
+            };
+            outcomes.push(outcome);
+        }
+    }
+    Ok(outcomes)
+}
+
+fn quantize_one(
+    shard: &Shard,
+    tp: &TensorPlan,
+    fmt: &QuantFormat,
+    file: &PendingFile,
+    nonfinite: Nonfinite,
+    progress: &ProgressBar,
+) -> Result<TensorOutcome, EngineError> {
+    let out = quantize_tensor(
+        shard.data(&tp.entry),
+        tp.entry.dtype,
+        tp.rows,
+        tp.k,
+        fmt,
+        progress,
+    );
+    let stats = out.stats;
+    let describe = || (shard.path.display().to_string(), tp.entry.name.clone());
+    if stats.nonfinite > 0 && nonfinite == Nonfinite::Error {
+        let (file, tensor) = describe();
+        return Err(EngineError::Nonfinite {
+            file,
+            tensor,
+            index: stats.first_nonfinite.unwrap_or(0),
+            count: stats.nonfinite,
+        });
+    }
+    if stats.overflowed_groups > 0 {
+        let (file, tensor) = describe();
+        return Err(EngineError::ScaleOverflow {
+            file,
+            tensor,
+            groups: stats.overflowed_groups,
+            scale_dtype: fmt.scale_dtype.name().into(),
+        });
+    }
+    let mut written = 0;
+    for (piece, bytes) in tp.pieces.iter().zip([&out.codes, &out.scales, &out.mins]) {
+        debug_assert_eq!(piece.nbytes, bytes.len() as u64);
+        file.write_at(bytes, piece.offset)?;
+        written += bytes.len() as u64;
+    }
+    Ok(TensorOutcome {
+        stats: Some(stats),
+        written,
+    })
+}
+
+/// The packed output of one tensor.
+#[derive(Debug)]
+pub struct QuantizedTensor {
+    /// Packed codes.
+    pub codes: Vec<u8>,
+    /// Encoded scales.
+    pub scales: Vec<u8>,
+    /// Encoded mins (empty for symmetric schemes).
+    pub mins: Vec<u8>,
+    /// Error statistics; `first_nonfinite` is a flat index into the tensor.
+    pub stats: ErrorStats,
+}
+
+/// Quantizes a whole tensor of `rows × k` elements of `dtype` held in `data`.
+///
+/// Runs on the current rayon pool; `progress` advances by input bytes.
+pub fn quantize_tensor(
+    data: &[u8],
+    dtype: Dtype,
+    rows: usize,
+    k: usize,
+    fmt: &QuantFormat,
+    progress: &ProgressBar,
+) -> QuantizedTensor {
+    let (cb, sb, mb) = (
+        fmt.code_bytes_per_row(k),
+        fmt.scale_bytes_per_row(k),
+        fmt.min_bytes_per_row(k),
+    );
+    let mut codes = vec![0u8; rows * cb];
+    let mut scales = vec![0u8; rows * sb];
+    let mut mins = vec![0u8; rows * mb];
+    let esize = dtype.bitsize() / 8;
+    let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
+
+    let mut jobs = Vec::with_capacity(rows.div_ceil(rpc));
+    {
+        let mut c = codes.chunks_mut((rpc * cb).max(1));
+        let mut s = scales.chunks_mut((rpc * sb).max(1));
+        let mut m = mins.chunks_mut((rpc * mb).max(1));
+        for (i, src) in data.chunks((rpc * k * esize).max(1)).enumerate() {
+            let m: &mut [u8] = if mb == 0 {
+                &mut []
+            } else {
+                m.next().expect("mins chunk")
+            };
+            jobs.push((
+                (i * rpc * k) as u64,
+                src,
+                c.next().expect("codes chunk"),
+                s.next().expect("scales chunk"),
+                m,
+            ));
+        }
+    }
+    let stats = jobs
+        .into_par_iter()
+        .map_init(Vec::new, |buf, (first, src, codes, scales, mins)| {
+            let x = to_f32(dtype, src, buf);
+            let st = quantize_rows(
+                fmt,
+                k,
+                x,
+                RowsOut {
+                    codes,
+                    scales,
+                    mins,
+                },
+            );
+            progress.inc(src.len() as u64);
+            let mut at = ErrorStats::default();
+            at.merge(&st, first);
+            at
+        })
+        .reduce(ErrorStats::default, |mut a, b| {
+            a.merge(&b, 0);
+            a
+        });
+    QuantizedTensor {
+        codes,
+        scales,
+        mins,
+        stats,
+    }
+}
+
+/// Reads little-endian F32/F16/BF16 bytes as f32: in place when possible, else through `buf`.
+///
+/// # Panics
+/// On any other dtype (the plan quantizes only these).
+pub fn to_f32<'a>(dtype: Dtype, src: &'a [u8], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match dtype {
+        Dtype::F32 => match bytemuck::try_cast_slice::<u8, f32>(src) {
+            Ok(x) => x,
+            Err(_) => {
+                buf.clear();
+                buf.extend(
+                    src.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                );
+                buf
+            }
+        },
+        Dtype::F16 => {
+            buf.resize(src.len() / 2, 0.0);
+            match bytemuck::try_cast_slice::<u8, f16>(src) {
+                Ok(h) => h.convert_to_f32_slice(buf),
+                Err(_) => {
+                    for (o, b) in buf.iter_mut().zip(src.chunks_exact(2)) {
+                        *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    }
+                }
+            }
+            buf
+        }
+        Dtype::BF16 => {
+            buf.resize(src.len() / 2, 0.0);
+            match bytemuck::try_cast_slice::<u8, bf16>(src) {
+                Ok(h) => h.convert_to_f32_slice(buf),
+                Err(_) => {
+                    for (o, b) in buf.iter_mut().zip(src.chunks_exact(2)) {
+                        *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                    }
+                }
+            }
+            buf
+        }
+        other => panic!("to_f32: {other} is not a float dtype the engine reads"),
+    }
+}
+
+/// Writes f32 values as little-endian F32/F16/BF16 bytes (round to nearest even).
+///
+/// # Panics
+/// On any other dtype, or when `out` is not exactly `src.len()` elements.
+pub fn from_f32(dtype: Dtype, src: &[f32], out: &mut [u8]) {
+    match dtype {
+        Dtype::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        Dtype::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        Dtype::BF16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&bf16::from_f32(*v).to_le_bytes());
+            }
+        }
+        other => panic!("from_f32: {other} is not a float dtype"),
+    }
+    assert_eq!(out.len(), src.len() * dtype.bitsize() / 8, "from_f32 size");
+}

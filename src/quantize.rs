@@ -1,0 +1,114 @@
+//! The `quantize` operation: checkpoint → plan → engine → packed files → report.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::checkpoint::Checkpoint;
+use crate::engine::{self, Nonfinite};
+use crate::plan::{weight_map, Plan, Rules};
+use crate::report::{self, Measured, Report};
+use crate::writer::{resolve_outputs, write_small_file, PendingFile};
+use crate::{progress_bar, thread_count, with_threads, Result};
+
+/// Options of a quantize run.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizeOptions {
+    /// What happens to each tensor.
+    pub rules: Rules,
+    /// Worker threads (all cores when `None`).
+    pub threads: Option<usize>,
+    /// What to do with NaN/Inf.
+    pub nonfinite: Nonfinite,
+    /// Replace existing output files.
+    pub force: bool,
+    /// Show a progress bar (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// The kernel path in use, as reported.
+pub fn isa() -> &'static str {
+    "scalar"
+}
+
+/// Plans `input` and reports the predicted output, writing nothing.
+///
+/// When `output` is given, it is checked as a real run would check it.
+pub fn dry_run(input: &Path, output: Option<&Path>, opts: &QuantizeOptions) -> Result<Report> {
+    let ckpt = Checkpoint::open(input)?;
+    let plan = Plan::build(&ckpt, &opts.rules)?;
+    let names = shard_names(&plan);
+    if let Some(out) = output {
+        resolve_outputs(&ckpt, &names, out, opts.force, true)?;
+    }
+    Ok(report::build(
+        &input.display().to_string(),
+        ckpt.file_bytes(),
+        &plan,
+        &names,
+        None,
+        isa(),
+        thread_count(opts.threads),
+    ))
+}
+
+/// Quantizes `input` into `output` and returns the report.
+pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<Report> {
+    let start = Instant::now();
+    let ckpt = Checkpoint::open(input)?;
+    let plan = Plan::build(&ckpt, &opts.rules)?;
+    let names = shard_names(&plan);
+    let paths = resolve_outputs(&ckpt, &names, output, opts.force, false)?;
+    let files = plan
+        .shards
+        .iter()
+        .zip(&paths.files)
+        .map(|(s, p)| PendingFile::create(p, s.layout.total))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let total: u64 = plan.tensors().map(|t| t.entry.nbytes() as u64).sum();
+    let pb = progress_bar(total, opts.progress, "quantize");
+    let outcomes = with_threads(opts.threads, || {
+        engine::run(&ckpt, &plan, &files, opts.nonfinite, &pb)
+    })??;
+    pb.finish_and_clear();
+
+    let mut written = Vec::new();
+    for f in files {
+        written.push(f.finish()?);
+    }
+    if let (Some(index_path), Some(index)) = (&paths.index, &ckpt.index) {
+        let data: u64 = plan
+            .shards
+            .iter()
+            .map(|s| s.layout.total - s.layout.header.len() as u64)
+            .sum();
+        let mut metadata = index.metadata.clone();
+        metadata.insert("total_size".into(), data.into());
+        let json = serde_json::json!({ "metadata": metadata, "weight_map": weight_map(&plan) });
+        let text = serde_json::to_string_pretty(&json).expect("index serializes") + "\n";
+        write_small_file(index_path, text.as_bytes())?;
+    }
+    let actual = written
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()))
+        .sum::<std::io::Result<u64>>()
+        .map_err(|e| crate::Error::Other(format!("cannot stat the written output: {e}")))?;
+    let measured = Measured {
+        outcomes,
+        outputs: written.iter().map(|p| p.display().to_string()).collect(),
+        actual_bytes: actual,
+        elapsed_s: start.elapsed().as_secs_f64(),
+    };
+    Ok(report::build(
+        &input.display().to_string(),
+        ckpt.file_bytes(),
+        &plan,
+        &names,
+        Some(&measured),
+        isa(),
+        thread_count(opts.threads),
+    ))
+}
+
+fn shard_names(plan: &Plan) -> Vec<String> {
+    plan.shards.iter().map(|s| s.file_name.clone()).collect()
+}

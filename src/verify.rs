@@ -1,0 +1,357 @@
+//! The `verify` operation: re-reads an original checkpoint and its packed
+//! version, decodes every quantized tensor independently of the writer,
+//! recomputes the expected sizes from the format rules, and measures the
+//! reconstruction error against the original.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use shrinkray_kernels::ErrorStats;
+
+use crate::checkpoint::Checkpoint;
+use crate::decode::{decode_rows, read_items, Item, Quantized};
+use crate::engine::{to_f32, CHUNK_ELEMS};
+use crate::format::METADATA_KEY;
+use crate::report::{shape_str, ErrorSummary};
+use crate::units::{bytes, count, db, sci, Table};
+use crate::{with_threads, Error, Result};
+
+/// Thresholds that make `verify` fail.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerifyOptions {
+    /// Worker threads.
+    pub threads: Option<usize>,
+    /// Fail when any tensor's relative error is above this.
+    pub max_rel_error: Option<f64>,
+    /// Fail when the actual ratio (input file bytes / packed file bytes) is below this.
+    pub min_ratio: Option<f64>,
+}
+
+/// One tensor as verified.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VerifyRow {
+    /// Tensor name.
+    pub name: String,
+    /// Original dtype.
+    pub dtype: String,
+    /// Original shape.
+    pub shape: Vec<usize>,
+    /// Elements.
+    pub params: u64,
+    /// Scheme name, or `keep`.
+    pub stored_as: String,
+    /// Group size (quantized tensors).
+    pub group_size: Option<usize>,
+    /// Original data bytes.
+    pub input_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// Stored bits per parameter.
+    pub bits_per_weight: f64,
+    /// Reconstruction error (quantized tensors).
+    pub error: Option<ErrorSummary>,
+}
+
+/// The result of `verify`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VerifyReport {
+    /// The original checkpoint.
+    pub original: String,
+    /// The packed checkpoint.
+    pub packed: String,
+    /// Per tensor, in original order.
+    pub tensors: Vec<VerifyRow>,
+    /// Parameters.
+    pub params: u64,
+    /// Parameters of quantized tensors.
+    pub params_quantized: u64,
+    /// Original file bytes.
+    pub input_bytes: u64,
+    /// Packed size recomputed from the format rules (tensors + headers).
+    pub output_bytes_expected: u64,
+    /// Packed file bytes on disk.
+    pub output_bytes_actual: u64,
+    /// input bytes / actual bytes.
+    pub ratio_actual: f64,
+    /// Packed bits per parameter.
+    pub bits_per_weight: f64,
+    /// Error over all quantized parameters.
+    pub error: Option<ErrorSummary>,
+    /// Every check that failed.
+    pub failures: Vec<String>,
+    /// Whether every check passed.
+    pub passed: bool,
+}
+
+/// Verifies `packed` against `original`.
+pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
+    let orig = Checkpoint::open(original)?;
+    let pck = Checkpoint::open(packed)?;
+    if !pck
+        .shards
+        .iter()
+        .any(|s| s.metadata.contains_key(METADATA_KEY))
+    {
+        return Err(Error::Other(format!(
+            "{}: not a shrinkray packed file (no `{METADATA_KEY}` metadata)",
+            packed.display()
+        )));
+    }
+    let items = read_items(&pck)?;
+    let mut by_name: HashMap<&str, &Item> = items.iter().map(|i| (i.name(), i)).collect();
+    let mut failures = Vec::new();
+    let mut rows = Vec::new();
+    let mut all = ErrorStats::default();
+    let mut expected: u64 = pck.shards.iter().map(|s| s.header_len).sum();
+    let (mut params, mut params_q) = (0u64, 0u64);
+    for (si, t) in orig.tensors() {
+        params += t.numel() as u64;
+        let Some(item) = by_name.remove(t.name.as_str()) else {
+            failures.push(format!(
+                "tensor `{}` is missing from the packed checkpoint",
+                t.name
+            ));
+            continue;
+        };
+        let mut row = VerifyRow {
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+            params: t.numel() as u64,
+            stored_as: "keep".into(),
+            group_size: None,
+            input_bytes: t.nbytes() as u64,
+            stored_bytes: 0,
+            bits_per_weight: 0.0,
+            error: None,
+        };
+        match item {
+            Item::Kept { shard, entry } => {
+                row.stored_bytes = entry.nbytes() as u64;
+                expected += t.nbytes() as u64;
+                if entry.dtype != t.dtype || entry.shape != t.shape {
+                    failures.push(format!("kept tensor `{}` changed dtype or shape", t.name));
+                } else if pck.shards[*shard].data(entry) != orig.shards[si].data(t) {
+                    failures.push(format!(
+                        "kept tensor `{}` differs from the original bytes",
+                        t.name
+                    ));
+                }
+            }
+            Item::Quantized(q) => {
+                params_q += t.numel() as u64;
+                row.stored_as = q.fmt.scheme.name().into();
+                row.group_size = Some(q.fmt.group);
+                row.stored_bytes = q.stored_bytes();
+                let f = &q.fmt;
+                expected += (q.rows
+                    * (f.code_bytes_per_row(q.k)
+                        + f.scale_bytes_per_row(q.k)
+                        + f.min_bytes_per_row(q.k))) as u64;
+                if q.dtype != t.dtype || q.shape != t.shape {
+                    failures.push(format!(
+                        "tensor `{}`: packed metadata says {} {:?}, the original is {} {:?}",
+                        t.name, q.dtype, q.shape, t.dtype, t.shape
+                    ));
+                } else {
+                    let st =
+                        with_threads(opts.threads, || measure(&pck, q, orig.shards[si].data(t)))?;
+                    all.merge(&st, 0);
+                    let e = ErrorSummary::from(&st);
+                    if let Some(max) = opts.max_rel_error {
+                        if e.rel_error > max {
+                            failures.push(format!(
+                                "tensor `{}`: relative error {:.4e} is above --max-rel-error {max}",
+                                t.name, e.rel_error
+                            ));
+                        }
+                    }
+                    row.error = Some(e);
+                }
+            }
+        }
+        if row.params > 0 {
+            row.bits_per_weight = row.stored_bytes as f64 * 8.0 / row.params as f64;
+        }
+        rows.push(row);
+    }
+    for name in by_name.keys() {
+        failures.push(format!(
+            "tensor `{name}` of the packed checkpoint is not in the original"
+        ));
+    }
+    let actual: u64 = pck.file_bytes();
+    if actual != expected {
+        failures.push(format!(
+            "packed files are {actual} bytes, the format rules give {expected}"
+        ));
+    }
+    let input_bytes = orig.file_bytes();
+    let ratio = input_bytes as f64 / actual.max(1) as f64;
+    if let Some(min) = opts.min_ratio {
+        if ratio < min {
+            failures.push(format!("ratio {ratio:.3}x is below --min-ratio {min}"));
+        }
+    }
+    failures.sort();
+    Ok(VerifyReport {
+        original: original.display().to_string(),
+        packed: packed.display().to_string(),
+        tensors: rows,
+        params,
+        params_quantized: params_q,
+        input_bytes,
+        output_bytes_expected: expected,
+        output_bytes_actual: actual,
+        ratio_actual: ratio,
+        bits_per_weight: actual as f64 * 8.0 / params.max(1) as f64,
+        error: (params_q > 0).then(|| ErrorSummary::from(&all)),
+        passed: failures.is_empty(),
+        failures,
+    })
+}
+
+/// Decodes `q` and compares it with the original bytes, in parallel over row chunks.
+fn measure(pck: &Checkpoint, q: &Quantized, original: &[u8]) -> ErrorStats {
+    let shard = &pck.shards[q.shard];
+    let (codes, scales) = (shard.data(q.codes), shard.data(q.scales));
+    let mins = q.mins.map(|m| shard.data(m)).unwrap_or(&[]);
+    let f = &q.fmt;
+    let (p, s, m) = (
+        f.code_bytes_per_row(q.k),
+        f.scale_bytes_per_row(q.k),
+        f.min_bytes_per_row(q.k),
+    );
+    let esize = q.dtype.bitsize() / 8;
+    let rpc = (CHUNK_ELEMS / q.k.max(1)).max(1);
+    original
+        .par_chunks((rpc * q.k * esize).max(1))
+        .enumerate()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(xbuf, dbuf): &mut (Vec<f32>, Vec<f32>), (i, src)| {
+                let r0 = i * rpc;
+                let r1 = r0 + src.len() / (q.k * esize);
+                let x = to_f32(q.dtype, src, xbuf);
+                dbuf.resize(x.len(), 0.0);
+                decode_rows(
+                    f,
+                    q.k,
+                    &codes[r0 * p..r1 * p],
+                    &scales[r0 * s..r1 * s],
+                    &mins[r0 * m..r1 * m],
+                    dbuf,
+                );
+                let mut st = ErrorStats {
+                    count: x.len() as u64,
+                    ..Default::default()
+                };
+                for (&v, &d) in x.iter().zip(dbuf.iter()) {
+                    let v = if v.is_finite() {
+                        v
+                    } else {
+                        st.nonfinite += 1;
+                        0.0
+                    };
+                    let e = (v - d) as f64;
+                    st.sum_sq_err += e * e;
+                    st.sum_sq += (v as f64) * (v as f64);
+                    st.max_abs_err = st.max_abs_err.max((v - d).abs());
+                }
+                st
+            },
+        )
+        .reduce(ErrorStats::default, |mut a, b| {
+            a.merge(&b, 0);
+            a
+        })
+}
+
+impl VerifyReport {
+    /// The human-readable report (at most `top` tensors, worst first when cut).
+    pub fn render(&self, top: usize) -> String {
+        let mut out = format!("verify {} against {}\n\n", self.packed, self.original);
+        let mut idx: Vec<usize> = (0..self.tensors.len()).collect();
+        let cut = idx.len() > top;
+        if cut {
+            let key = |i: &usize| {
+                self.tensors[*i]
+                    .error
+                    .as_ref()
+                    .map_or(f64::NEG_INFINITY, |e| e.rel_error)
+            };
+            idx.sort_by(|a, b| key(b).total_cmp(&key(a)));
+            idx.truncate(top);
+        }
+        let mut t = Table::new(&[
+            "tensor",
+            "shape",
+            "dtype",
+            "stored as",
+            "params",
+            "stored",
+            "bpw",
+            "rel err",
+            "SQNR dB",
+            "max abs",
+        ]);
+        for &i in &idx {
+            let r = &self.tensors[i];
+            let e = r.error.as_ref();
+            t.row(vec![
+                r.name.clone(),
+                shape_str(&r.shape),
+                r.dtype.clone(),
+                match r.group_size {
+                    Some(g) => format!("{} g{g}", r.stored_as),
+                    None => r.stored_as.clone(),
+                },
+                count(r.params),
+                bytes(r.stored_bytes),
+                format!("{:.2}", r.bits_per_weight),
+                e.map_or("-".into(), |e| sci(e.rel_error)),
+                e.map_or("-".into(), |e| db(e.sqnr_db.unwrap_or(f64::INFINITY))),
+                e.map_or("-".into(), |e| sci(e.max_abs_error)),
+            ]);
+        }
+        out.push_str(&t.render());
+        if cut {
+            out.push_str(&format!(
+                "({} of {} tensors shown, worst first; --top N shows more)\n",
+                idx.len(),
+                self.tensors.len()
+            ));
+        }
+        out.push_str(&format!(
+            "\n{} params ({} quantized); original {} ({}), packed {} ({}), format rules give {}; ratio {:.2}x, {:.3} bpw\n",
+            count(self.params),
+            count(self.params_quantized),
+            self.input_bytes,
+            bytes(self.input_bytes),
+            self.output_bytes_actual,
+            bytes(self.output_bytes_actual),
+            self.output_bytes_expected,
+            self.ratio_actual,
+            self.bits_per_weight
+        ));
+        if let Some(e) = &self.error {
+            out.push_str(&format!(
+                "error over all quantized parameters: RMSE {}, max abs {}, relative {}, SQNR {} dB\n",
+                sci(e.rmse),
+                sci(e.max_abs_error),
+                sci(e.rel_error),
+                db(e.sqnr_db.unwrap_or(f64::INFINITY))
+            ));
+        }
+        if self.passed {
+            out.push_str("PASS\n");
+        } else {
+            for f in &self.failures {
+                out.push_str(&format!("FAIL: {f}\n"));
+            }
+        }
+        out
+    }
+}

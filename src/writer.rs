@@ -1,0 +1,243 @@
+//! Output files that appear whole or not at all.
+//!
+//! Every output file is written under a temporary name in its destination
+//! directory, at offsets known from the plan, then checked for its planned
+//! length, fsynced, renamed to its final name, and the directory fsynced.
+//! Dropping an unfinished file removes the temporary. Output paths are
+//! resolved here too, with the checks that keep the input untouched.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{Checkpoint, INDEX_FILE};
+
+/// The marker in the names of temporary files.
+pub const TMP_MARKER: &str = ".shrinkray-tmp";
+
+/// Why output could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A system call failed.
+    #[error("{path}: {what}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// The output path is not usable.
+    #[error("{path}: {reason}")]
+    Refused {
+        /// The output path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path, what: impl Into<String>) -> impl FnOnce(io::Error) -> WriteError {
+    let path = path.to_path_buf();
+    let what = what.into();
+    move |source| WriteError::Io { path, what, source }
+}
+
+/// An output file being written under a temporary name.
+#[derive(Debug)]
+pub struct PendingFile {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    file: Option<File>,
+    len: u64,
+}
+
+impl PendingFile {
+    /// Creates the temporary sibling of `final_path` for a file of `len` bytes.
+    pub fn create(final_path: &Path, len: u64) -> Result<PendingFile, WriteError> {
+        let dir = parent_dir(final_path);
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp_path = dir.join(format!(".{name}{TMP_MARKER}-{}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp_path)
+            .map_err(io_err(&tmp_path, "cannot create temporary output file"))?;
+        Ok(PendingFile {
+            final_path: final_path.to_path_buf(),
+            tmp_path,
+            file: Some(file),
+            len,
+        })
+    }
+
+    /// The path the file will have once finished.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Writes `buf` at absolute `offset`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), WriteError> {
+        let file = self.file.as_ref().expect("file is open until finished");
+        file.write_all_at(buf, offset).map_err(|e| {
+            let what = if e.kind() == io::ErrorKind::StorageFull {
+                format!(
+                    "disk full: the file needs {} in all",
+                    crate::units::bytes(self.len)
+                )
+            } else {
+                "write failed".to_string()
+            };
+            io_err(&self.tmp_path, what)(e)
+        })
+    }
+
+    /// Checks the length, fsyncs, renames to the final name and fsyncs the directory.
+    pub fn finish(mut self) -> Result<PathBuf, WriteError> {
+        let file = self.file.as_ref().expect("file is open until finished");
+        let got = file
+            .metadata()
+            .map_err(io_err(&self.tmp_path, "cannot stat"))?
+            .len();
+        if got != self.len {
+            return Err(WriteError::Refused {
+                path: self.tmp_path.clone(),
+                reason: format!("internal error: wrote {got} bytes, planned {}", self.len),
+            });
+        }
+        file.sync_all()
+            .map_err(io_err(&self.tmp_path, "fsync failed"))?;
+        std::fs::rename(&self.tmp_path, &self.final_path).map_err(io_err(
+            &self.final_path,
+            "cannot rename the finished file into place",
+        ))?;
+        self.file = None;
+        let dir = parent_dir(&self.final_path);
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&dir, "cannot fsync the directory"))?;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Where each output file of a run goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputPaths {
+    /// One path per output file, in plan order.
+    pub files: Vec<PathBuf>,
+    /// The index, for sharded output.
+    pub index: Option<PathBuf>,
+}
+
+/// Resolves `out` for a checkpoint whose output files are named `names`.
+///
+/// Sharded checkpoints write into the directory `out` (created if its parent
+/// exists, unless `dry_run`); single files write to `out`, or into `out`
+/// when it is a directory. Refuses any output path that is an input file,
+/// and existing outputs unless `force`.
+pub fn resolve_outputs(
+    ckpt: &Checkpoint,
+    names: &[String],
+    out: &Path,
+    force: bool,
+    dry_run: bool,
+) -> Result<OutputPaths, WriteError> {
+    let refuse = |path: &Path, reason: &str| WriteError::Refused {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let paths = if ckpt.is_sharded() {
+        if out.exists() && !out.is_dir() {
+            return Err(refuse(
+                out,
+                "sharded output needs a directory, and this is a file",
+            ));
+        }
+        if !out.exists() {
+            let parent = parent_dir(out);
+            if !parent.is_dir() {
+                return Err(refuse(out, "the parent directory does not exist"));
+            }
+            if !dry_run {
+                std::fs::create_dir(out)
+                    .map_err(io_err(out, "cannot create the output directory"))?;
+            }
+        }
+        OutputPaths {
+            files: names.iter().map(|n| out.join(n)).collect(),
+            index: Some(out.join(INDEX_FILE)),
+        }
+    } else {
+        let file = if out.is_dir() {
+            out.join(&names[0])
+        } else {
+            out.to_path_buf()
+        };
+        if !parent_dir(&file).is_dir() {
+            return Err(refuse(&file, "the output directory does not exist"));
+        }
+        OutputPaths {
+            files: vec![file],
+            index: None,
+        }
+    };
+    let inputs: Vec<PathBuf> = ckpt
+        .input_files()
+        .iter()
+        .filter_map(|p| canonical(p))
+        .collect();
+    for p in paths.files.iter().chain(&paths.index) {
+        if canonical(p).is_some_and(|c| inputs.contains(&c)) {
+            return Err(refuse(
+                p,
+                "this is an input file: shrinkray never writes over its input",
+            ));
+        }
+        if p.exists() && !force {
+            return Err(refuse(p, "already exists (use --force to replace it)"));
+        }
+        if p.is_dir() {
+            return Err(refuse(p, "is a directory"));
+        }
+    }
+    Ok(paths)
+}
+
+/// The canonical form of a path that may not exist yet (its parent must).
+fn canonical(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    let dir = parent_dir(p).canonicalize().ok()?;
+    Some(dir.join(p.file_name()?))
+}
+
+/// Writes a small file (an index) whole, crash-safely.
+pub fn write_small_file(path: &Path, bytes: &[u8]) -> Result<PathBuf, WriteError> {
+    let f = PendingFile::create(path, bytes.len() as u64)?;
+    f.write_at(bytes, 0)?;
+    f.finish()
+}
