@@ -1,0 +1,54 @@
+//! Kernel throughput in bytes of input per second, next to a memcpy of the
+//! same bytes measured in the same run: `cargo bench --bench kernels`.
+//!
+//! Ids: `quantize/<scheme>/g<group>/<input dtype>/<path>` and `memcpy/<bytes>`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use indicatif::ProgressBar;
+use safetensors::Dtype;
+use shrinkray::engine::quantize_tensor;
+use shrinkray::kernels::{QuantFormat, ScaleDtype, Scheme};
+use shrinkray::synth::{encode, Rng};
+
+const ROWS: usize = 1024;
+const K: usize = 4096; // 4 Mi elements: 16 MiB of F32, beyond the L2 cache
+
+fn data() -> Vec<f32> {
+    // Heavy-tailed enough to exercise clamping; uniform is cheaper to make than Student-t.
+    let mut rng = Rng::new(7);
+    (0..ROWS * K)
+        .map(|_| ((rng.uniform() - 0.5) * (rng.uniform() * 4.0).exp2()) as f32)
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let values = data();
+    let pb = ProgressBar::hidden();
+    for dtype in [Dtype::F32, Dtype::BF16] {
+        let bytes = encode(&values, dtype);
+        let mut g = c.benchmark_group("quantize");
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        g.sample_size(10);
+        let mut dst = vec![0u8; bytes.len()];
+        g.bench_function(BenchmarkId::new("memcpy", bytes.len()), |b| {
+            b.iter(|| dst.copy_from_slice(black_box(&bytes)))
+        });
+        for scheme in Scheme::ALL {
+            let f = QuantFormat {
+                scheme,
+                group: 64,
+                scale_dtype: ScaleDtype::F16,
+            };
+            let id = format!("{}/g64/{dtype}/{}", scheme.name(), shrinkray::quantize::isa());
+            g.bench_function(id, |b| {
+                b.iter(|| quantize_tensor(black_box(&bytes), dtype, ROWS, K, &f, &pb))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,463 @@
+//! The binary end to end: every subcommand, `--json` output parsed, exit codes
+//! (0 ok, 1 error, 2 usage, 3 verify failed), and that failures leave no output.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn shrinkray() -> Command {
+    Command::cargo_bin("shrinkray").expect("binary built")
+}
+
+fn json(out: &[u8]) -> Value {
+    serde_json::from_slice(out).expect("stdout is JSON")
+}
+
+/// Files in `dir`, sorted (to check that nothing, not even a temporary, was left).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn quantize_json_report_matches_the_file_and_the_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.safetensors");
+    let input = fixture("llama-bf16.safetensors");
+    let dry = shrinkray()
+        .args(["quantize", "--dry-run", "--json"])
+        .arg(&input)
+        .assert()
+        .success();
+    let dry = json(&dry.get_output().stdout);
+    assert_eq!(dry["dry_run"], true);
+    assert!(listing(dir.path()).is_empty(), "a dry run writes nothing");
+
+    let run = shrinkray()
+        .args(["quantize", "--json"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(predicate::str::is_empty()); // no progress bar when stderr is not a terminal
+    let r = json(&run.get_output().stdout);
+    let t = &r["totals"];
+    let on_disk = std::fs::metadata(&out).unwrap().len();
+    assert_eq!(t["output_bytes_actual"].as_u64(), Some(on_disk));
+    assert_eq!(t["output_bytes_predicted"].as_u64(), Some(on_disk));
+    assert_eq!(
+        dry["totals"]["output_bytes_predicted"].as_u64(),
+        Some(on_disk)
+    );
+    // BF16 → int4: the naive claim is exactly 4x; the real ratio is lower.
+    let naive = t["ratio_naive"].as_f64().unwrap();
+    assert!((naive - 4.0).abs() < 0.01, "naive {naive}");
+    assert!(t["ratio_actual"].as_f64().unwrap() < naive);
+    assert_eq!(r["scheme"], "int4-asym");
+    assert_eq!(r["group_size"], "64");
+    assert_eq!(r["isa"], "scalar");
+    let o = &t["overhead"];
+    let gap: u64 = ["scales", "mins", "kept", "headers", "padding"]
+        .iter()
+        .map(|k| o[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        gap + t["output_bytes_naive"].as_u64().unwrap(),
+        on_disk,
+        "the gap is fully explained"
+    );
+    let rel = t["error"]["rel_error"].as_f64().unwrap();
+    assert!(rel > 0.01 && rel < 0.3, "int4 relative error {rel}");
+    assert_eq!(
+        listing(dir.path()),
+        vec!["q.safetensors"],
+        "no temporary file left"
+    );
+}
+
+#[test]
+fn human_report_has_the_three_ratios_and_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    shrinkray()
+        .arg("quantize")
+        .arg(fixture("llama-f32.safetensors"))
+        .arg("-o")
+        .arg(dir.path().join("q.safetensors"))
+        .args(["--scheme", "int8", "--top", "5"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("naive"))
+        .stdout(predicate::str::contains("predicted"))
+        .stdout(predicate::str::contains("equal to the prediction"))
+        .stdout(predicate::str::contains("SQNR"))
+        .stdout(predicate::str::contains("5 of 21 tensors shown"));
+}
+
+#[test]
+fn sharded_quantize_verify_dequantize_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let packed = dir.path().join("packed");
+    let input = fixture("llama-f16");
+    shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(&packed)
+        .args([
+            "--scheme",
+            "int8",
+            "--group-size",
+            "row",
+            "--keep",
+            "embed_tokens",
+        ])
+        .args(["--override", r"mlp\.down_proj=int4:32"])
+        .assert()
+        .success();
+    assert_eq!(
+        listing(&packed),
+        vec![
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json"
+        ]
+    );
+
+    let v = shrinkray()
+        .arg("verify")
+        .arg(&input)
+        .arg(&packed)
+        .arg("--json")
+        .assert()
+        .success();
+    let v = json(&v.get_output().stdout);
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["output_bytes_actual"], v["output_bytes_expected"]);
+    let by_name = |n: &str| {
+        v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_name("model.embed_tokens.weight")["stored_as"], "keep");
+    assert_eq!(
+        by_name("model.layers.0.mlp.down_proj.weight")["stored_as"],
+        "int4"
+    );
+    assert_eq!(
+        by_name("model.layers.0.mlp.down_proj.weight")["group_size"],
+        32
+    );
+    assert_eq!(
+        by_name("model.layers.0.mlp.up_proj.weight")["group_size"],
+        128
+    );
+
+    // Thresholds not met → exit 3, with the reason.
+    shrinkray()
+        .arg("verify")
+        .arg(&input)
+        .arg(&packed)
+        .args(["--max-rel-error", "1e-6"])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains("FAIL: tensor"));
+    shrinkray()
+        .arg("verify")
+        .arg(&input)
+        .arg(&packed)
+        .args(["--min-ratio", "10"])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains("below --min-ratio"));
+
+    let i = shrinkray()
+        .arg("inspect")
+        .arg(&packed)
+        .arg("--json")
+        .assert()
+        .success();
+    let i = json(&i.get_output().stdout);
+    assert_eq!(i["packed"], true);
+    assert_eq!(i["params"], 428_672);
+    assert_eq!(i["tensors"].as_array().unwrap().len(), 21);
+
+    let restored = dir.path().join("restored");
+    shrinkray()
+        .arg("dequantize")
+        .arg(&packed)
+        .arg("-o")
+        .arg(&restored)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("restored 15 tensor(s), copied 6"));
+    let orig = json(
+        &shrinkray()
+            .arg("inspect")
+            .arg(&input)
+            .arg("--json")
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    );
+    let back = json(
+        &shrinkray()
+            .arg("inspect")
+            .arg(&restored)
+            .arg("--json")
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    );
+    let shapes = |j: &Value| {
+        let mut v: Vec<(String, String, String)> = j["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].to_string(),
+                    t["dtype"].to_string(),
+                    t["shape"].to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(shapes(&orig), shapes(&back));
+    assert_eq!(back["packed"], false);
+}
+
+#[test]
+fn inspect_plain_file_table() {
+    shrinkray()
+        .arg("inspect")
+        .arg(fixture("odd-shapes.safetensors"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("odd.scalar"))
+        .stdout(predicate::str::contains("I64"))
+        .stdout(predicate::str::contains("format = pt"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec!["quantize"],
+        vec!["quantize", "x.safetensors", "-o", "y", "--scheme", "int3"],
+        vec!["quantize", "x.safetensors", "-o", "y", "--group-size", "0"],
+        vec![
+            "quantize",
+            "x.safetensors",
+            "-o",
+            "y",
+            "--override",
+            "no-equals-sign",
+        ],
+        vec!["quantize", "x.safetensors", "-o", "y", "--keep", "("],
+        vec![
+            "quantize",
+            "x.safetensors",
+            "-o",
+            "y",
+            "--scale-dtype",
+            "f8",
+        ],
+        vec!["frobnicate"],
+    ] {
+        shrinkray().args(&args).assert().code(2);
+    }
+}
+
+#[test]
+fn bad_input_exits_1_naming_the_file_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    let bytes = std::fs::read(fixture("llama-bf16.safetensors")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
+    let text = dir.path().join("text.safetensors");
+    std::fs::write(&text, b"hello, this is not a checkpoint").unwrap();
+    let short = dir.path().join("short.safetensors");
+    std::fs::write(&short, [8u8, 0, 0, 0, 0, 0, 0, 0, b'{', b'}']).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    for (input, needle) in [
+        (
+            truncated.clone(),
+            "does not end exactly at the end of the file",
+        ),
+        (text.clone(), "header length is over the 100 MB cap"),
+        (short.clone(), "header length runs past the end of the file"),
+        (dir.path().join("missing.safetensors"), "cannot open"),
+    ] {
+        shrinkray()
+            .arg("quantize")
+            .arg(&input)
+            .arg("-o")
+            .arg(out.join("q.safetensors"))
+            .assert()
+            .code(1)
+            .stderr(predicate::str::starts_with("error: "))
+            .stderr(predicate::str::contains(input.display().to_string()))
+            .stderr(predicate::str::contains(needle));
+    }
+    assert!(listing(&out).is_empty());
+    assert_eq!(
+        std::fs::read(&truncated).unwrap(),
+        bytes[..bytes.len() - 10],
+        "input untouched"
+    );
+}
+
+#[test]
+fn nonfinite_values_are_refused_by_default_and_zeroed_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("nan.safetensors");
+    let mut v = vec![0.5f32; 4 * 64];
+    v[70] = f32::NAN;
+    v[200] = f32::INFINITY;
+    let raw = shrinkray::synth::encode(&v, safetensors::Dtype::F32);
+    shrinkray::synth::write(
+        &input,
+        &[("w".into(), safetensors::Dtype::F32, vec![4, 64], raw)],
+        &[],
+    )
+    .unwrap();
+    let out = dir.path().join("q.safetensors");
+    shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "tensor `w`: 2 non-finite value(s)",
+        ))
+        .stderr(predicate::str::contains("flat index 70"));
+    assert_eq!(
+        listing(dir.path()),
+        vec!["nan.safetensors"],
+        "no output, no temporary file"
+    );
+    let ok = shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .args(["--nonfinite", "zero", "--json"])
+        .assert()
+        .success();
+    let r = json(&ok.get_output().stdout);
+    assert_eq!(r["tensors"][0]["error"]["nonfinite"], 2);
+    assert!(r["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("quantized as 0"));
+}
+
+#[test]
+fn outputs_never_overwrite_inputs_and_need_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    std::fs::copy(fixture("llama-bf16.safetensors"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    for force in [false, true] {
+        let mut cmd = shrinkray();
+        cmd.arg("quantize").arg(&input).arg("-o").arg(&input);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.assert()
+            .code(1)
+            .stderr(predicate::str::contains("never writes over its input"));
+    }
+    // Writing into the directory of a single-file input names the output after the input: refused too.
+    shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path())
+        .arg("--force")
+        .assert()
+        .code(1);
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+
+    let out = dir.path().join("q.safetensors");
+    std::fs::write(&out, b"precious").unwrap();
+    shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--force"));
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .arg("--force")
+        .assert()
+        .success();
+    assert_ne!(std::fs::read(&out).unwrap(), b"precious");
+
+    shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path().join("no/such/dir/q.safetensors"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does not exist"));
+}
+
+#[test]
+fn packed_files_are_not_quantized_again_and_plain_files_not_dequantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q.safetensors");
+    shrinkray()
+        .arg("quantize")
+        .arg(fixture("odd-shapes.safetensors"))
+        .arg("-o")
+        .arg(&q)
+        .assert()
+        .success();
+    shrinkray()
+        .arg("quantize")
+        .arg(&q)
+        .arg("-o")
+        .arg(dir.path().join("qq.safetensors"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already a shrinkray packed file"));
+    shrinkray()
+        .arg("dequantize")
+        .arg(fixture("odd-shapes.safetensors"))
+        .arg("-o")
+        .arg(dir.path().join("d.safetensors"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not a shrinkray packed file"));
+}
