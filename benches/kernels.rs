@@ -41,7 +41,11 @@ fn bench(c: &mut Criterion) {
                 group: 64,
                 scale_dtype: ScaleDtype::F16,
             };
-            let id = format!("{}/g64/{dtype}/{}", scheme.name(), shrinkray::quantize::isa());
+            let id = format!(
+                "{}/g64/{dtype}/{}",
+                scheme.name(),
+                shrinkray::quantize::isa()
+            );
             g.bench_function(id, |b| {
                 b.iter(|| quantize_tensor(black_box(&bytes), dtype, ROWS, K, &f, &pb))
             });
