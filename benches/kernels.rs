@@ -8,8 +8,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use indicatif::ProgressBar;
 use safetensors::Dtype;
-use shrinkray::engine::quantize_tensor;
-use shrinkray::kernels::{QuantFormat, ScaleDtype, Scheme};
+use shrinkray::engine::{quantize_tensor, Workspace};
+use shrinkray::kernels::{Isa, QuantFormat, ScaleDtype, Scheme};
 use shrinkray::synth::{encode, Rng};
 
 const ROWS: usize = 1024;
@@ -26,7 +26,7 @@ fn data() -> Vec<f32> {
 fn bench(c: &mut Criterion) {
     let values = data();
     let pb = ProgressBar::hidden();
-    for dtype in [Dtype::F32, Dtype::BF16] {
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
         let bytes = encode(&values, dtype);
         let mut g = c.benchmark_group("quantize");
         g.throughput(Throughput::Bytes(bytes.len() as u64));
@@ -41,14 +41,16 @@ fn bench(c: &mut Criterion) {
                 group: 64,
                 scale_dtype: ScaleDtype::F16,
             };
-            let id = format!(
-                "{}/g64/{dtype}/{}",
-                scheme.name(),
-                shrinkray::quantize::isa()
-            );
-            g.bench_function(id, |b| {
-                b.iter(|| quantize_tensor(black_box(&bytes), dtype, ROWS, K, &f, &pb))
-            });
+            for isa in Isa::available() {
+                let id = format!("{}/g64/{dtype}/{isa}", scheme.name());
+                let mut ws = Workspace::default();
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        quantize_tensor(&mut ws, black_box(&bytes), dtype, ROWS, K, &f, isa, &pb)
+                            .stats
+                    })
+                });
+            }
         }
         g.finish();
     }

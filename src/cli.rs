@@ -7,13 +7,15 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use regex::Regex;
 use safetensors::Dtype;
+use shrinkray::bench::{self, BenchOptions};
 use shrinkray::dequantize::{dequantize, DequantizeOptions};
 use shrinkray::engine::Nonfinite;
 use shrinkray::inspect::inspect;
 use shrinkray::plan::{parse_scale_dtype, parse_scheme, GroupSize, Override, Rules};
 use shrinkray::quantize::{dry_run, quantize, QuantizeOptions};
+use shrinkray::units::parse_size;
 use shrinkray::verify::{verify, VerifyOptions};
-use shrinkray_kernels::{ScaleDtype, Scheme};
+use shrinkray_kernels::{Isa, ScaleDtype, Scheme};
 
 /// Group-wise INT8/INT4 quantization of safetensors checkpoints, with an honest size and error report.
 #[derive(Debug, Parser)]
@@ -35,6 +37,58 @@ pub enum Command {
     Verify(VerifyArgs),
     /// List a checkpoint's tensors, dtypes, shapes, parameters and bytes (plain or packed).
     Inspect(InspectArgs),
+    /// Measure quantizer throughput (GB/s of input) next to memcpy and a read-only sum of the same bytes.
+    Bench(BenchArgs),
+}
+
+/// `bench` options.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Input bytes per measurement (e.g. 64MiB, 256MiB, 1GiB).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub size: u64,
+    /// Schemes to measure (repeatable; default: all four).
+    #[arg(long = "scheme", value_parser = parse_scheme)]
+    pub schemes: Vec<Scheme>,
+    /// Group sizes to measure (repeatable; default: 64).
+    #[arg(long = "group-size")]
+    pub groups: Vec<usize>,
+    /// Input dtypes (repeatable: f32, bf16, f16; default: all three).
+    #[arg(long = "dtype", value_parser = parse_float_dtype)]
+    pub dtypes: Vec<Dtype>,
+    /// Kernel implementations (repeatable: scalar, avx2; default: every one this CPU runs).
+    #[arg(long = "isa", value_parser = parse_isa)]
+    pub isas: Vec<Isa>,
+    /// Thread counts (repeatable; default: 1 and all cores).
+    #[arg(long = "threads")]
+    pub threads: Vec<usize>,
+    /// Timed runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Also time a whole `quantize` of this checkpoint (default rules, int4-asym g64).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Also time a whole `quantize` of a synthetic F32 checkpoint of --e2e-size, made in a temporary directory.
+    #[arg(long)]
+    pub e2e: bool,
+    /// Size of the --e2e checkpoint.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub e2e_size: u64,
+    /// Skip the kernel table (only the whole-pipeline measurement).
+    #[arg(long)]
+    pub skip_kernels: bool,
+    #[command(flatten)]
+    pub out: Output,
+}
+
+fn parse_isa(s: &str) -> Result<Isa, String> {
+    let isa = Isa::from_name(s)
+        .ok_or_else(|| format!("unknown kernel implementation `{s}` (scalar, avx2)"))?;
+    if isa.is_available() {
+        Ok(isa)
+    } else {
+        Err(format!("this CPU cannot run {isa}"))
+    }
 }
 
 /// Options shared by commands that print reports.
@@ -239,6 +293,103 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 print!("{}", r.render(a.top));
             }
             Ok(if r.passed { 0 } else { 3 })
+        }
+        Command::Bench(a) => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let mut threads = if a.threads.is_empty() {
+                vec![1, cpus]
+            } else {
+                a.threads
+            };
+            threads.dedup();
+            if threads.contains(&0) {
+                bail!("--threads must be at least 1");
+            }
+            let opts = BenchOptions {
+                size: a.size,
+                schemes: if a.schemes.is_empty() {
+                    Scheme::ALL.to_vec()
+                } else {
+                    a.schemes
+                },
+                groups: if a.groups.is_empty() {
+                    vec![64]
+                } else {
+                    a.groups
+                },
+                dtypes: if a.dtypes.is_empty() {
+                    vec![Dtype::F32, Dtype::BF16, Dtype::F16]
+                } else {
+                    a.dtypes
+                },
+                isas: if a.isas.is_empty() {
+                    Isa::available()
+                } else {
+                    a.isas
+                },
+                threads: threads.clone(),
+                reps: a.reps.max(1),
+            };
+            if opts.groups.contains(&0) {
+                bail!("--group-size must be at least 1");
+            }
+            let runs = if a.skip_kernels {
+                0
+            } else {
+                opts.dtypes.len()
+                    * opts.threads.len()
+                    * opts.schemes.len()
+                    * opts.groups.len()
+                    * opts.isas.len()
+            };
+            let pb = shrinkray::progress_bar(runs as u64, !a.out.json, "bench");
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:10} [{bar:40}] {pos}/{len} eta {eta}",
+                )
+                .expect("valid template"),
+            );
+            let mut report = if a.skip_kernels {
+                bench::BenchReport {
+                    cpu: bench::cpu_name(),
+                    cpus,
+                    isas_available: Isa::available()
+                        .iter()
+                        .map(|i| i.name().to_string())
+                        .collect(),
+                    reps: opts.reps,
+                    rows: Vec::new(),
+                    end_to_end: None,
+                }
+            } else {
+                bench::run(&opts, &pb)?
+            };
+            pb.finish_and_clear();
+            let e2e_threads = threads.iter().copied().max();
+            let scratch;
+            let file = match (&a.file, a.e2e) {
+                (Some(f), _) => Some(f.clone()),
+                (None, true) => {
+                    scratch = bench::scratch_dir("checkpoint")?;
+                    Some(bench::synthetic_checkpoint(&scratch.path, a.e2e_size)?)
+                }
+                (None, false) => None,
+            };
+            if let Some(f) = file {
+                report.end_to_end = Some(bench::end_to_end(
+                    &f,
+                    Scheme::Int4Asym,
+                    64,
+                    e2e_threads,
+                    a.reps.clamp(1, 3),
+                )?);
+            }
+            if a.out.json {
+                print_json(&report)?;
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(0)
         }
         Command::Inspect(a) => {
             let i = inspect(&a.path)?;

@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use safetensors::Dtype;
-use shrinkray_kernels::{quantize_rows, ErrorStats, QuantFormat, RowsOut};
+use shrinkray_kernels::{quantize_rows, ErrorStats, Isa, QuantFormat, RowsOut, Src};
 
 use crate::checkpoint::{Checkpoint, Shard};
 use crate::plan::{Action, Plan, TensorPlan};
@@ -72,7 +72,7 @@ pub struct TensorOutcome {
     pub written: u64,
 }
 
-/// Runs `plan` over `ckpt`, writing shard `i` of the plan into `files[i]`.
+/// Runs `plan` over `ckpt` with kernels `isa`, writing shard `i` of the plan into `files[i]`.
 ///
 /// Returns one outcome per tensor, in plan order. `progress` advances by
 /// input bytes.
@@ -80,10 +80,12 @@ pub fn run(
     ckpt: &Checkpoint,
     plan: &Plan,
     files: &[PendingFile],
+    isa: Isa,
     nonfinite: Nonfinite,
     progress: &ProgressBar,
 ) -> Result<Vec<TensorOutcome>, EngineError> {
     let mut outcomes = Vec::new();
+    let mut ws = Workspace::default();
     for (sp, file) in plan.shards.iter().zip(files) {
         let shard = &ckpt.shards[sp.input];
         file.write_at(&sp.layout.header, 0)?;
@@ -98,7 +100,9 @@ pub fn run(
                         written: data.len() as u64,
                     }
                 }
-                Action::Quantize(fmt) => quantize_one(shard, tp, fmt, file, nonfinite, progress)?,
+                Action::Quantize(fmt) => {
+                    quantize_one(&mut ws, shard, tp, fmt, file, isa, nonfinite, progress)?
+                }
             };
             outcomes.push(outcome);
         }
@@ -106,20 +110,25 @@ pub fn run(
     Ok(outcomes)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn quantize_one(
+    ws: &mut Workspace,
     shard: &Shard,
     tp: &TensorPlan,
     fmt: &QuantFormat,
     file: &PendingFile,
+    isa: Isa,
     nonfinite: Nonfinite,
     progress: &ProgressBar,
 ) -> Result<TensorOutcome, EngineError> {
     let out = quantize_tensor(
+        ws,
         shard.data(&tp.entry),
         tp.entry.dtype,
         tp.rows,
         tp.k,
         fmt,
+        isa,
         progress,
     );
     let stats = out.stats;
@@ -143,7 +152,7 @@ fn quantize_one(
         });
     }
     let mut written = 0;
-    for (piece, bytes) in tp.pieces.iter().zip([&out.codes, &out.scales, &out.mins]) {
+    for (piece, bytes) in tp.pieces.iter().zip([out.codes, out.scales, out.mins]) {
         debug_assert_eq!(piece.nbytes, bytes.len() as u64);
         file.write_at(bytes, piece.offset)?;
         written += bytes.len() as u64;
@@ -154,38 +163,59 @@ fn quantize_one(
     })
 }
 
-/// The packed output of one tensor.
+/// Output buffers reused from tensor to tensor. They grow to the largest
+/// tensor's output and are never zeroed again (the kernels write every byte),
+/// so after the first tensor no page is faulted in or cleared for output.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    codes: Vec<u8>,
+    scales: Vec<u8>,
+    mins: Vec<u8>,
+}
+
+fn take(v: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if v.len() < n {
+        v.resize(n, 0);
+    }
+    &mut v[..n]
+}
+
+/// The packed output of one tensor, borrowed from a [`Workspace`].
 #[derive(Debug)]
-pub struct QuantizedTensor {
+pub struct TensorOutput<'w> {
     /// Packed codes.
-    pub codes: Vec<u8>,
+    pub codes: &'w [u8],
     /// Encoded scales.
-    pub scales: Vec<u8>,
+    pub scales: &'w [u8],
     /// Encoded mins (empty for symmetric schemes).
-    pub mins: Vec<u8>,
+    pub mins: &'w [u8],
     /// Error statistics; `first_nonfinite` is a flat index into the tensor.
     pub stats: ErrorStats,
 }
 
-/// Quantizes a whole tensor of `rows × k` elements of `dtype` held in `data`.
+/// Quantizes a whole tensor of `rows × k` elements of `dtype` held in `data`,
+/// with kernels `isa`, into `ws`.
 ///
 /// Runs on the current rayon pool; `progress` advances by input bytes.
-pub fn quantize_tensor(
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_tensor<'w>(
+    ws: &'w mut Workspace,
     data: &[u8],
     dtype: Dtype,
     rows: usize,
     k: usize,
     fmt: &QuantFormat,
+    isa: Isa,
     progress: &ProgressBar,
-) -> QuantizedTensor {
+) -> TensorOutput<'w> {
     let (cb, sb, mb) = (
         fmt.code_bytes_per_row(k),
         fmt.scale_bytes_per_row(k),
         fmt.min_bytes_per_row(k),
     );
-    let mut codes = vec![0u8; rows * cb];
-    let mut scales = vec![0u8; rows * sb];
-    let mut mins = vec![0u8; rows * mb];
+    let codes = take(&mut ws.codes, rows * cb);
+    let scales = take(&mut ws.scales, rows * sb);
+    let mins = take(&mut ws.mins, rows * mb);
     let esize = dtype.bitsize() / 8;
     let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
 
@@ -212,8 +242,9 @@ pub fn quantize_tensor(
     let stats = jobs
         .into_par_iter()
         .map_init(Vec::new, |buf, (first, src, codes, scales, mins)| {
-            let x = to_f32(dtype, src, buf);
+            let x = source(isa, dtype, src, buf);
             let st = quantize_rows(
+                isa,
                 fmt,
                 k,
                 x,
@@ -232,12 +263,33 @@ pub fn quantize_tensor(
             a.merge(&b, 0);
             a
         });
-    QuantizedTensor {
+    TensorOutput {
         codes,
         scales,
         mins,
         stats,
     }
+}
+
+/// The kernel input for `bytes` of `dtype`: in place when aligned (F16/BF16 only
+/// for SIMD kernels, which convert in registers), else converted into `buf`.
+fn source<'a>(isa: Isa, dtype: Dtype, bytes: &'a [u8], buf: &'a mut Vec<f32>) -> Src<'a> {
+    if isa != Isa::Scalar {
+        match dtype {
+            Dtype::F16 => {
+                if let Ok(h) = bytemuck::try_cast_slice::<u8, f16>(bytes) {
+                    return Src::F16(h);
+                }
+            }
+            Dtype::BF16 => {
+                if let Ok(h) = bytemuck::try_cast_slice::<u8, bf16>(bytes) {
+                    return Src::BF16(h);
+                }
+            }
+            _ => {}
+        }
+    }
+    Src::F32(to_f32(dtype, bytes, buf))
 }
 
 /// Reads little-endian F32/F16/BF16 bytes as f32: in place when possible, else through `buf`.

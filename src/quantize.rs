@@ -9,6 +9,7 @@ use crate::plan::{weight_map, Plan, Rules};
 use crate::report::{self, Measured, Report};
 use crate::writer::{resolve_outputs, write_small_file, PendingFile};
 use crate::{progress_bar, thread_count, with_threads, Result};
+use shrinkray_kernels::{selected_isa, Isa};
 
 /// Options of a quantize run.
 #[derive(Clone, Debug, Default)]
@@ -25,9 +26,9 @@ pub struct QuantizeOptions {
     pub progress: bool,
 }
 
-/// The kernel path in use, as reported.
-pub fn isa() -> &'static str {
-    "scalar"
+/// The kernels to use: `SHRINKRAY_ISA` when set, else the fastest this CPU runs.
+pub fn isa() -> Result<Isa> {
+    selected_isa().map_err(crate::Error::Other)
 }
 
 /// Plans `input` and reports the predicted output, writing nothing.
@@ -46,7 +47,7 @@ pub fn dry_run(input: &Path, output: Option<&Path>, opts: &QuantizeOptions) -> R
         &plan,
         &names,
         None,
-        isa(),
+        isa()?.name(),
         thread_count(opts.threads),
     ))
 }
@@ -54,6 +55,7 @@ pub fn dry_run(input: &Path, output: Option<&Path>, opts: &QuantizeOptions) -> R
 /// Quantizes `input` into `output` and returns the report.
 pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<Report> {
     let start = Instant::now();
+    let isa = isa()?;
     let ckpt = Checkpoint::open(input)?;
     let plan = Plan::build(&ckpt, &opts.rules)?;
     let names = shard_names(&plan);
@@ -67,7 +69,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
     let total: u64 = plan.tensors().map(|t| t.entry.nbytes() as u64).sum();
     let pb = progress_bar(total, opts.progress, "quantize");
     let outcomes = with_threads(opts.threads, || {
-        engine::run(&ckpt, &plan, &files, opts.nonfinite, &pb)
+        engine::run(&ckpt, &plan, &files, isa, opts.nonfinite, &pb)
     })??;
     pb.finish_and_clear();
 
@@ -104,7 +106,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         &plan,
         &names,
         Some(&measured),
-        isa(),
+        isa.name(),
         thread_count(opts.threads),
     ))
 }

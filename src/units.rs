@@ -50,6 +50,39 @@ pub fn db(v: f64) -> String {
     }
 }
 
+/// Parses a size: `256MiB`, `1GiB`, `64MB`, `4096` (bytes); binary and decimal suffixes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("size `{s}` has no number"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tb" => 1e12,
+        "tib" => 1024f64.powi(4),
+        _ => {
+            return Err(format!(
+                "size `{s}`: unknown unit (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
+    };
+    let bytes = v * mult;
+    if bytes < 1.0 || !bytes.is_finite() {
+        return Err(format!("size `{s}` must be at least 1 byte"));
+    }
+    Ok(bytes as u64)
+}
+
 /// A plain-text table: the first column left-aligned, the others right-aligned.
 #[derive(Debug, Default)]
 pub struct Table {
@@ -121,6 +154,12 @@ mod tests {
         assert_eq!(bytes(3 << 30), "3.00 GiB");
         assert_eq!(count(6_740_000_000), "6.74B");
         assert_eq!(db(f64::INFINITY), "exact");
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64MB"), Ok(64_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0").is_err());
     }
 
     #[test]

@@ -14,7 +14,9 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn shrinkray() -> Command {
-    Command::cargo_bin("shrinkray").expect("binary built")
+    let mut c = Command::cargo_bin("shrinkray").expect("binary built");
+    c.env_remove("SHRINKRAY_ISA");
+    c
 }
 
 fn json(out: &[u8]) -> Value {
@@ -68,7 +70,7 @@ fn quantize_json_report_matches_the_file_and_the_dry_run() {
     assert!(t["ratio_actual"].as_f64().unwrap() < naive);
     assert_eq!(r["scheme"], "int4-asym");
     assert_eq!(r["group_size"], "64");
-    assert_eq!(r["isa"], "scalar");
+    assert_eq!(r["isa"], shrinkray::kernels::Isa::best().name());
     let o = &t["overhead"];
     let gap: u64 = ["scales", "mins", "kept", "headers", "padding"]
         .iter()
@@ -460,4 +462,106 @@ fn packed_files_are_not_quantized_again_and_plain_files_not_dequantized() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("not a shrinkray packed file"));
+}
+
+#[test]
+fn every_kernel_implementation_writes_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("llama-f16");
+    let mut files = Vec::new();
+    for isa in shrinkray::kernels::Isa::available() {
+        for scheme in ["int4", "int8-asym"] {
+            let out = dir.path().join(format!("{isa}-{scheme}"));
+            let r = shrinkray()
+                .env("SHRINKRAY_ISA", isa.name())
+                .arg("quantize")
+                .arg(&input)
+                .arg("-o")
+                .arg(&out)
+                .args(["--scheme", scheme, "--json"])
+                .assert()
+                .success();
+            assert_eq!(json(&r.get_output().stdout)["isa"], isa.name());
+            let bytes: Vec<Vec<u8>> = listing(&out)
+                .iter()
+                .map(|f| std::fs::read(out.join(f)).unwrap())
+                .collect();
+            files.push((scheme, isa, bytes));
+        }
+    }
+    for (scheme, isa, bytes) in &files {
+        let (_, _, scalar) = files
+            .iter()
+            .find(|(s, i, _)| s == scheme && i.name() == "scalar")
+            .unwrap();
+        assert!(
+            bytes == scalar,
+            "{isa} {scheme}: output differs from the scalar specification's"
+        );
+    }
+}
+
+#[test]
+fn unknown_or_unavailable_isa_is_an_error() {
+    shrinkray()
+        .env("SHRINKRAY_ISA", "avx9000")
+        .arg("quantize")
+        .arg(fixture("odd-shapes.safetensors"))
+        .arg("--dry-run")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("SHRINKRAY_ISA=avx9000: unknown"));
+}
+
+#[test]
+fn bench_reports_kernels_next_to_memcpy() {
+    let b = shrinkray()
+        .args([
+            "bench",
+            "--size",
+            "1MiB",
+            "--reps",
+            "1",
+            "--dtype",
+            "bf16",
+            "--scheme",
+            "int4",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .assert()
+        .success();
+    let r = json(&b.get_output().stdout);
+    let rows = r["rows"].as_array().unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|x| x["kind"].as_str().unwrap()).collect();
+    assert_eq!(&kinds[..2], ["memcpy", "read"]);
+    assert_eq!(kinds.len(), 2 + shrinkray::kernels::Isa::available().len());
+    for row in rows {
+        assert!(row["gb_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(row["bytes"], 1 << 20);
+    }
+    assert_eq!(rows[2]["isa"], "scalar");
+    assert_eq!(rows[2]["scheme"], "int4");
+}
+
+#[test]
+fn bench_times_the_whole_pipeline_on_a_file() {
+    let b = shrinkray()
+        .arg("bench")
+        .arg("--file")
+        .arg(fixture("llama-f32.safetensors"))
+        .args(["--skip-kernels", "--reps", "1", "--json"])
+        .assert()
+        .success();
+    let r = json(&b.get_output().stdout);
+    let e = &r["end_to_end"];
+    assert_eq!(
+        e["bytes"],
+        std::fs::metadata(fixture("llama-f32.safetensors"))
+            .unwrap()
+            .len()
+    );
+    assert!(e["gb_s"].as_f64().unwrap() > 0.0);
+    assert!(r["rows"].as_array().unwrap().is_empty());
 }

@@ -13,9 +13,11 @@
 
 #![deny(missing_docs)]
 
+mod arch;
 pub mod scalar;
 
 use std::fmt;
+use std::sync::OnceLock;
 
 /// A quantization scheme: bit width and symmetry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -257,14 +259,145 @@ impl ErrorStats {
     }
 }
 
-/// Quantizes whole rows of `k` elements from `src` into `out`.
+/// The input of a kernel call: whole rows of one float type, read in place.
+#[derive(Clone, Copy, Debug)]
+pub enum Src<'a> {
+    /// IEEE binary32.
+    F32(&'a [f32]),
+    /// IEEE binary16.
+    F16(&'a [half::f16]),
+    /// bfloat16.
+    BF16(&'a [half::bf16]),
+}
+
+impl Src<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Src::F32(x) => x.len(),
+            Src::F16(x) => x.len(),
+            Src::BF16(x) => x.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A kernel implementation (instruction set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable scalar code: the specification, and the fallback on every CPU.
+    Scalar,
+    /// x86_64 AVX2 + FMA + F16C.
+    Avx2,
+}
+
+/// The environment variable that overrides the kernel choice (`scalar`, `avx2`).
+pub const ISA_ENV: &str = "SHRINKRAY_ISA";
+
+impl Isa {
+    /// Every implementation this build has, slowest first.
+    pub const ALL: [Isa; 2] = [Isa::Scalar, Isa::Avx2];
+
+    /// Its name in `SHRINKRAY_ISA`, reports and benchmark ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+        }
+    }
+
+    /// Parses a name produced by [`Isa::name`].
+    pub fn from_name(s: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == s)
+    }
+
+    /// Whether this CPU can run it.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => arch::avx2_available(),
+        }
+    }
+
+    /// The implementations this CPU can run, slowest first.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The fastest implementation this CPU can run.
+    pub fn best() -> Isa {
+        *Isa::available().last().expect("scalar is always available")
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The implementation to use: `SHRINKRAY_ISA` when set, else [`Isa::best`].
+///
+/// Decided once per process. An unknown name, or one this CPU cannot run,
+/// is an error that says which implementations are available.
+pub fn selected_isa() -> Result<Isa, String> {
+    static CHOICE: OnceLock<Result<Isa, String>> = OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            let Ok(want) = std::env::var(ISA_ENV) else {
+                return Ok(Isa::best());
+            };
+            let names = || {
+                Isa::available()
+                    .iter()
+                    .map(|i| i.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            match Isa::from_name(want.trim()) {
+                Some(isa) if isa.is_available() => Ok(isa),
+                Some(isa) => Err(format!(
+                    "{ISA_ENV}={want}: this CPU cannot run {isa} (available: {})",
+                    names()
+                )),
+                None => Err(format!(
+                    "{ISA_ENV}={want}: unknown (this build has scalar and avx2; this CPU runs: {})",
+                    names()
+                )),
+            }
+        })
+        .clone()
+}
+
+/// Quantizes whole rows of `k` elements from `src` into `out` with `isa`.
 ///
 /// `src.len()` must be a multiple of `k`, and the output slices must have
-/// exactly the sizes [`QuantFormat`] gives for that many rows.
+/// exactly the sizes [`QuantFormat`] gives for that many rows. Every `isa`
+/// gives the same codes, scales and mins, bit for bit.
 ///
 /// # Panics
-/// If `k == 0` with a non-empty `src`, if `fmt.group == 0`, or if a slice
-/// length does not match.
-pub fn quantize_rows(fmt: &QuantFormat, k: usize, src: &[f32], out: RowsOut<'_>) -> ErrorStats {
-    scalar::quantize_rows(fmt, k, src, out)
+/// If `isa` is not available on this CPU, if `k == 0` with a non-empty
+/// `src`, if `fmt.group == 0`, or if a slice length does not match.
+pub fn quantize_rows(
+    isa: Isa,
+    fmt: &QuantFormat,
+    k: usize,
+    src: Src<'_>,
+    out: RowsOut<'_>,
+) -> ErrorStats {
+    match isa {
+        Isa::Scalar => match src {
+            Src::F32(x) => scalar::quantize_rows(fmt, k, x, out),
+            Src::F16(x) => scalar::quantize_rows(fmt, k, x, out),
+            Src::BF16(x) => scalar::quantize_rows(fmt, k, x, out),
+        },
+        Isa::Avx2 => {
+            assert!(isa.is_available(), "{isa} is not available on this CPU");
+            arch::avx2_quantize_rows(fmt, k, src, out)
+        }
+    }
 }

@@ -36,11 +36,81 @@ pub struct GroupParams {
     pub overflowed: bool,
     /// A non-constant group got a zero scale.
     pub zeroed: bool,
+    /// The stored bits of the scale (low 16 bits for F16/BF16).
+    pub scale_bits: u32,
+    /// The stored bits of the min.
+    pub min_bits: u32,
+}
+
+/// How a kernel converts between f32 and F16 bits (software or F16C): the
+/// results are identical (IEEE round to nearest even), only the speed differs.
+pub trait F16Convert {
+    /// f32 → F16 bits, rounding to nearest even.
+    fn encode(v: f32) -> u16;
+    /// F16 bits → f32 (exact).
+    fn decode(bits: u16) -> f32;
+}
+
+/// F16 conversion through the `half` crate.
+#[derive(Clone, Copy, Debug)]
+pub struct SoftF16;
+
+impl F16Convert for SoftF16 {
+    #[inline(always)]
+    fn encode(v: f32) -> u16 {
+        half::f16::from_f32(v).to_bits()
+    }
+    #[inline(always)]
+    fn decode(bits: u16) -> f32 {
+        half::f16::from_bits(bits).to_f32()
+    }
+}
+
+/// A value of the scale dtype: as f32, and its stored bits.
+#[derive(Clone, Copy, Debug)]
+struct Stored {
+    v: f32,
+    bits: u32,
+}
+
+/// Rounds to the scale dtype (ties to even).
+#[inline(always)]
+fn to_dtype<C: F16Convert>(dt: ScaleDtype, v: f32) -> Stored {
+    match dt {
+        ScaleDtype::F16 => {
+            let b = C::encode(v);
+            Stored {
+                v: C::decode(b),
+                bits: b as u32,
+            }
+        }
+        ScaleDtype::BF16 => {
+            let b = half::bf16::from_f32(v);
+            Stored {
+                v: b.to_f32(),
+                bits: b.to_bits() as u32,
+            }
+        }
+        ScaleDtype::F32 => Stored {
+            v,
+            bits: v.to_bits(),
+        },
+    }
+}
+
+/// The stored form of an f32 that is exactly representable in the dtype.
+#[inline(always)]
+fn from_bits<C: F16Convert>(dt: ScaleDtype, bits: u32) -> f32 {
+    match dt {
+        ScaleDtype::F16 => C::decode(bits as u16),
+        ScaleDtype::BF16 => half::bf16::from_bits(bits as u16).to_f32(),
+        ScaleDtype::F32 => f32::from_bits(bits),
+    }
 }
 
 /// Replaces NaN and ±Inf by 0.
 #[inline(always)]
-fn finite_or_zero(v: f32) -> f32 {
+pub fn finite_or_zero(v: f32) -> f32 {
     if v.is_finite() {
         v
     } else {
@@ -49,44 +119,42 @@ fn finite_or_zero(v: f32) -> f32 {
 }
 
 /// Rounds to the scale dtype and saturates to its largest finite value.
-#[inline]
-fn round_saturating(dt: ScaleDtype, v: f32, overflowed: &mut bool) -> f32 {
-    let r = dt.round(v);
-    if r.is_finite() {
-        r
-    } else {
-        *overflowed = true;
-        let max = match dt {
-            ScaleDtype::F16 => half::f16::MAX.to_f32(),
-            ScaleDtype::BF16 => half::bf16::MAX.to_f32(),
-            ScaleDtype::F32 => f32::MAX,
-        };
-        max.copysign(v)
+#[inline(always)]
+fn round_saturating<C: F16Convert>(dt: ScaleDtype, v: f32, overflowed: &mut bool) -> Stored {
+    let r = to_dtype::<C>(dt, v);
+    if r.v.is_finite() {
+        return r;
+    }
+    *overflowed = true;
+    let sign = v.is_sign_negative();
+    let bits = match dt {
+        ScaleDtype::F16 => 0x7BFF | if sign { 0x8000 } else { 0 },
+        ScaleDtype::BF16 => 0x7F7F | if sign { 0x8000 } else { 0 },
+        ScaleDtype::F32 => f32::MAX.copysign(v).to_bits(),
+    };
+    Stored {
+        v: from_bits::<C>(dt, bits),
+        bits,
     }
 }
 
 /// Rounds down to the scale dtype (the largest representable value ≤ `v`), saturating.
-#[inline]
-fn round_down_saturating(dt: ScaleDtype, v: f32, overflowed: &mut bool) -> f32 {
-    let r = round_saturating(dt, v, overflowed);
-    if r <= v {
+#[inline(always)]
+fn round_down_saturating<C: F16Convert>(dt: ScaleDtype, v: f32, overflowed: &mut bool) -> Stored {
+    let r = round_saturating::<C>(dt, v, overflowed);
+    if r.v <= v || dt == ScaleDtype::F32 {
         return r;
     }
-    // r > v: step r one unit down in the dtype's own encoding.
-    match dt {
-        ScaleDtype::F32 => r,
-        ScaleDtype::F16 => {
-            half::f16::from_bits(next_down_bits(half::f16::from_f32(r).to_bits(), 0x8000)).to_f32()
-        }
-        ScaleDtype::BF16 => {
-            half::bf16::from_bits(next_down_bits(half::bf16::from_f32(r).to_bits(), 0x8000))
-                .to_f32()
-        }
+    // r > v: step one unit down in the dtype's own encoding.
+    let bits = next_down_bits(r.bits as u16, 0x8000) as u32;
+    Stored {
+        v: from_bits::<C>(dt, bits),
+        bits,
     }
 }
 
 /// The next lower 16-bit float (sign bit `sign`) of a finite value.
-#[inline]
+#[inline(always)]
 fn next_down_bits(bits: u16, sign: u16) -> u16 {
     if bits & !sign == 0 {
         sign | 1 // ±0 → the smallest negative subnormal
@@ -98,29 +166,33 @@ fn next_down_bits(bits: u16, sign: u16) -> u16 {
 }
 
 /// Finishes a scale: flushes magnitudes below the smallest normal f32 to +0.
-#[inline]
-fn finish(scale: f32, min: f32, overflowed: bool, spread: bool) -> GroupParams {
-    if scale.abs() < f32::MIN_POSITIVE {
+#[inline(always)]
+fn finish(scale: Stored, min: Stored, overflowed: bool, spread: bool) -> GroupParams {
+    if scale.v.abs() < f32::MIN_POSITIVE {
         GroupParams {
             scale: 0.0,
-            min,
+            min: min.v,
             inv: 0.0,
             overflowed,
             zeroed: spread,
+            scale_bits: 0,
+            min_bits: min.bits,
         }
     } else {
         GroupParams {
-            scale,
-            min,
-            inv: 1.0 / scale,
+            scale: scale.v,
+            min: min.v,
+            inv: 1.0 / scale.v,
             overflowed,
             zeroed: false,
+            scale_bits: scale.bits,
+            min_bits: min.bits,
         }
     }
 }
 
-/// Chooses the scale (and min) of one group; see the module documentation.
-pub fn group_params(scheme: Scheme, dt: ScaleDtype, group: &[f32]) -> GroupParams {
+/// The smallest and largest value of a group, NaN and ±Inf read as 0 (`(0, 0)` when empty).
+pub fn group_range(group: &[f32]) -> (f32, f32) {
     let mut lo = f32::INFINITY;
     let mut hi = f32::NEG_INFINITY;
     for &v in group {
@@ -129,20 +201,47 @@ pub fn group_params(scheme: Scheme, dt: ScaleDtype, group: &[f32]) -> GroupParam
         hi = hi.max(v);
     }
     if group.is_empty() {
-        lo = 0.0;
-        hi = 0.0;
+        (0.0, 0.0)
+    } else {
+        (lo, hi)
     }
+}
+
+/// Chooses the scale (and min) of one group; see the module documentation.
+pub fn group_params(scheme: Scheme, dt: ScaleDtype, group: &[f32]) -> GroupParams {
+    let (lo, hi) = group_range(group);
+    params_from_range(scheme, dt, lo, hi)
+}
+
+/// Chooses the scale (and min) of a group whose values span `[lo, hi]`.
+///
+/// Every kernel path computes its groups' parameters with this one function.
+pub fn params_from_range(scheme: Scheme, dt: ScaleDtype, lo: f32, hi: f32) -> GroupParams {
+    params_from_range_with::<SoftF16>(scheme, dt, lo, hi)
+}
+
+/// [`params_from_range`] with a given F16 conversion (identical results).
+#[inline(always)]
+pub fn params_from_range_with<C: F16Convert>(
+    scheme: Scheme,
+    dt: ScaleDtype,
+    lo: f32,
+    hi: f32,
+) -> GroupParams {
+    // −0 and +0 compare equal, so reductions may return either: make zeros +0.
+    let (lo, hi) = (lo + 0.0, hi + 0.0);
     let mut overflowed = false;
+    let zero = Stored { v: 0.0, bits: 0 };
     match scheme {
         Scheme::Int8Sym => {
             let amax = hi.max(-lo);
-            let s = round_saturating(dt, amax / 127.0, &mut overflowed);
-            finish(s, 0.0, overflowed, amax > 0.0)
+            let s = round_saturating::<C>(dt, amax / 127.0, &mut overflowed);
+            finish(s, zero, overflowed, amax > 0.0)
         }
         Scheme::Int4Sym => {
             let m = if hi >= -lo { hi } else { lo };
-            let s = round_saturating(dt, m / -8.0, &mut overflowed);
-            finish(s, 0.0, overflowed, m != 0.0)
+            let s = round_saturating::<C>(dt, m / -8.0, &mut overflowed);
+            finish(s, zero, overflowed, m != 0.0)
         }
         Scheme::Int8Asym | Scheme::Int4Asym => {
             let levels = if scheme == Scheme::Int8Asym {
@@ -150,9 +249,9 @@ pub fn group_params(scheme: Scheme, dt: ScaleDtype, group: &[f32]) -> GroupParam
             } else {
                 15.0
             };
-            let min = round_down_saturating(dt, lo, &mut overflowed);
-            let range = hi - min;
-            let s = round_saturating(dt, range / levels, &mut overflowed);
+            let min = round_down_saturating::<C>(dt, lo, &mut overflowed);
+            let range = hi - min.v;
+            let s = round_saturating::<C>(dt, range / levels, &mut overflowed);
             finish(s, min, overflowed, hi > lo)
         }
     }
@@ -180,67 +279,158 @@ pub fn decode(scheme: Scheme, p: &GroupParams, c: u8) -> f32 {
     }
 }
 
-/// Quantizes whole rows; see [`crate::quantize_rows`] for the contract.
-pub fn quantize_rows(fmt: &QuantFormat, k: usize, src: &[f32], out: RowsOut<'_>) -> ErrorStats {
-    assert!(fmt.group > 0, "group size must be at least 1");
-    let mut stats = ErrorStats::default();
-    if src.is_empty() {
-        assert!(out.codes.is_empty() && out.scales.is_empty() && out.mins.is_empty());
-        return stats;
-    }
-    assert!(k > 0 && src.len() % k == 0, "src is not whole rows of {k}");
-    let rows = src.len() / k;
-    let (cb, sb, mb) = (
-        fmt.code_bytes_per_row(k),
-        fmt.scale_bytes_per_row(k),
-        fmt.min_bytes_per_row(k),
-    );
-    assert_eq!(out.codes.len(), rows * cb, "codes slice size");
-    assert_eq!(out.scales.len(), rows * sb, "scales slice size");
-    assert_eq!(out.mins.len(), rows * mb, "mins slice size");
-    let ss = fmt.scale_dtype.size();
-    let four_bit = fmt.scheme.bits() == 4;
+/// An element type kernels read: converted to f32 exactly.
+pub trait Element: Copy + Send + Sync + 'static {
+    /// The value as f32 (exact for f32, f16 and bf16).
+    fn to_f32(self) -> f32;
+}
 
+impl Element for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Element for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+impl Element for half::bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+/// Checks the slice sizes of a call and returns the number of rows.
+pub(crate) fn check_sizes(fmt: &QuantFormat, k: usize, len: usize, out: &RowsOut<'_>) -> usize {
+    assert!(fmt.group > 0, "group size must be at least 1");
+    if len == 0 {
+        assert!(out.codes.is_empty() && out.scales.is_empty() && out.mins.is_empty());
+        return 0;
+    }
+    assert!(k > 0 && len % k == 0, "src is not whole rows of {k}");
+    let rows = len / k;
+    assert_eq!(
+        out.codes.len(),
+        rows * fmt.code_bytes_per_row(k),
+        "codes slice size"
+    );
+    assert_eq!(
+        out.scales.len(),
+        rows * fmt.scale_bytes_per_row(k),
+        "scales slice size"
+    );
+    assert_eq!(
+        out.mins.len(),
+        rows * fmt.min_bytes_per_row(k),
+        "mins slice size"
+    );
+    rows
+}
+
+/// Writes code `c` of element `pos` of a packed row.
+#[inline(always)]
+pub(crate) fn put_code(codes: &mut [u8], four_bit: bool, pos: usize, c: u8) {
+    if !four_bit {
+        codes[pos] = c;
+    } else if pos % 2 == 0 {
+        codes[pos / 2] = c;
+    } else {
+        codes[pos / 2] |= c << 4;
+    }
+}
+
+/// Stores a group's scale (and min) at group index `gi` of row `r`.
+#[inline(always)]
+pub(crate) fn put_params(
+    fmt: &QuantFormat,
+    k: usize,
+    out: &mut RowsOut<'_>,
+    r: usize,
+    gi: usize,
+    p: &GroupParams,
+) {
+    // Fixed-width stores of the bits computed with the parameters: a slice copy of a
+    // run-time length would call memcpy for every group.
+    let put = |dst: &mut [u8], i: usize, bits: u32| match fmt.scale_dtype {
+        ScaleDtype::F32 => dst[4 * i..4 * i + 4].copy_from_slice(&bits.to_le_bytes()),
+        _ => dst[2 * i..2 * i + 2].copy_from_slice(&(bits as u16).to_le_bytes()),
+    };
+    let i = r * fmt.groups_per_row(k) + gi;
+    put(out.scales, i, p.scale_bits);
+    if !fmt.scheme.symmetric() {
+        put(out.mins, i, p.min_bits);
+    }
+}
+
+/// Quantizes elements `from..to` of a group with parameters `p` (scalar), writing codes
+/// into the row's packed `codes` at row positions `from..to` and adding to `stats`.
+#[inline(always)]
+pub(crate) fn quantize_span<T: Element>(
+    scheme: Scheme,
+    p: &GroupParams,
+    group: &[T],
+    group_start: usize,
+    from: usize,
+    codes: &mut [u8],
+    stats: &mut ErrorStats,
+) {
+    let four_bit = scheme.bits() == 4;
+    let mut sum_sq_err = 0.0f64;
+    let mut sum_sq = 0.0f64;
+    for (j, v) in group.iter().enumerate().skip(from) {
+        let x = finite_or_zero(v.to_f32());
+        let c = code(scheme, p, x);
+        let e = x - decode(scheme, p, c);
+        sum_sq_err += (e as f64) * (e as f64);
+        sum_sq += (x as f64) * (x as f64);
+        stats.max_abs_err = stats.max_abs_err.max(e.abs());
+        put_code(codes, four_bit, group_start + j, c);
+    }
+    stats.sum_sq_err += sum_sq_err;
+    stats.sum_sq += sum_sq;
+}
+
+/// Counts the NaN/±Inf of a group that starts at flat index `base`.
+#[inline(always)]
+pub(crate) fn count_nonfinite<T: Element>(group: &[T], base: usize, stats: &mut ErrorStats) {
+    for (j, v) in group.iter().enumerate() {
+        if !v.to_f32().is_finite() {
+            stats.nonfinite += 1;
+            stats.first_nonfinite.get_or_insert((base + j) as u64);
+        }
+    }
+}
+
+/// Quantizes whole rows; see [`crate::quantize_rows`] for the contract.
+pub fn quantize_rows<T: Element>(
+    fmt: &QuantFormat,
+    k: usize,
+    src: &[T],
+    mut out: RowsOut<'_>,
+) -> ErrorStats {
+    let mut stats = ErrorStats::default();
+    let rows = check_sizes(fmt, k, src.len(), &out);
+    let cb = fmt.code_bytes_per_row(k);
+    let mut buf = Vec::with_capacity(fmt.group.min(k));
     for r in 0..rows {
         let row = &src[r * k..(r + 1) * k];
-        let codes = &mut out.codes[r * cb..(r + 1) * cb];
         for (gi, start) in (0..k).step_by(fmt.group).enumerate() {
             let group = &row[start..(start + fmt.group).min(k)];
-            let p = group_params(fmt.scheme, fmt.scale_dtype, group);
-            let at = r * sb + gi * ss;
-            fmt.scale_dtype
-                .encode(p.scale, &mut out.scales[at..at + ss]);
-            if !fmt.scheme.symmetric() {
-                let at = r * mb + gi * ss;
-                fmt.scale_dtype.encode(p.min, &mut out.mins[at..at + ss]);
-            }
+            buf.clear();
+            buf.extend(group.iter().map(|v| v.to_f32()));
+            let p = group_params(fmt.scheme, fmt.scale_dtype, &buf);
+            put_params(fmt, k, &mut out, r, gi, &p);
             stats.overflowed_groups += p.overflowed as u64;
             stats.zeroed_groups += p.zeroed as u64;
-
-            let mut sum_sq_err = 0.0f64;
-            let mut sum_sq = 0.0f64;
-            for (j, &v) in group.iter().enumerate() {
-                let pos = start + j;
-                if !v.is_finite() {
-                    stats.nonfinite += 1;
-                    stats.first_nonfinite.get_or_insert((r * k + pos) as u64);
-                }
-                let c = code(fmt.scheme, &p, v);
-                let x = finite_or_zero(v);
-                let e = x - decode(fmt.scheme, &p, c);
-                sum_sq_err += (e as f64) * (e as f64);
-                sum_sq += (x as f64) * (x as f64);
-                stats.max_abs_err = stats.max_abs_err.max(e.abs());
-                if !four_bit {
-                    codes[pos] = c;
-                } else if pos % 2 == 0 {
-                    codes[pos / 2] = c;
-                } else {
-                    codes[pos / 2] |= c << 4;
-                }
-            }
-            stats.sum_sq_err += sum_sq_err;
-            stats.sum_sq += sum_sq;
+            count_nonfinite(group, r * k + start, &mut stats);
+            let codes = &mut out.codes[r * cb..(r + 1) * cb];
+            quantize_span(fmt.scheme, &p, group, start, 0, codes, &mut stats);
         }
     }
     stats.count = src.len() as u64;

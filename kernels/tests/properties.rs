@@ -3,8 +3,8 @@
 //! the same codes.
 
 use proptest::prelude::*;
-use shrinkray_kernels::scalar::{code, decode, group_params};
-use shrinkray_kernels::{quantize_rows, QuantFormat, RowsOut, ScaleDtype, Scheme};
+use shrinkray_kernels::scalar::{code, decode, group_params, quantize_rows};
+use shrinkray_kernels::{QuantFormat, RowsOut, ScaleDtype, Scheme};
 
 fn scheme() -> impl Strategy<Value = Scheme> {
     prop::sample::select(Scheme::ALL.to_vec())

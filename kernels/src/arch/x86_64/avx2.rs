@@ -1,0 +1,360 @@
+//! AVX2 + FMA + F16C kernels: the scalar specification, eight lanes at a time.
+//!
+//! Per group: one vector pass for min/max (NaN/±Inf lanes read as 0), the
+//! group's scale and min from [`params_from_range`] (the same function the
+//! specification uses), then one vector pass that computes codes with the
+//! specification's operations in the same order (multiply by the inverse
+//! scale, round to nearest even, clamp; decode with a multiply then an add,
+//! never fused), packs them, and accumulates the error statistics. F16 and
+//! BF16 are converted in registers. Tails shorter than eight elements run the
+//! specification's own scalar code. Group sizes that are not a multiple of
+//! eight (with more than one group per row) run the scalar path.
+
+use core::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use crate::scalar::{
+    self, check_sizes, count_nonfinite, finite_or_zero, params_from_range_with, put_params,
+    quantize_span, Element, F16Convert, GroupParams,
+};
+use crate::{ErrorStats, QuantFormat, RowsOut, Scheme, Src};
+
+/// Eight elements loaded as f32 lanes.
+trait Load8: Element {
+    /// Loads `p[0..8]`.
+    ///
+    /// # Safety
+    /// `p..p+8` must be readable, and the CPU must have AVX2 and F16C.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Load8 for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable elements; loadu has no alignment need.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+}
+
+impl Load8 for f16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        // SAFETY: 8 readable f16 = 16 bytes; F16C conversion is exact.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+}
+
+impl Load8 for bf16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const bf16) -> __m256 {
+        // SAFETY: 8 readable bf16 = 16 bytes; a bf16 is the high half of an f32.
+        unsafe {
+            let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+        }
+    }
+}
+
+/// F16 conversion with F16C instructions (the same IEEE results as software).
+struct F16c;
+
+impl F16Convert for F16c {
+    #[inline(always)]
+    fn encode(v: f32) -> u16 {
+        // SAFETY: this private type is used only inside the AVX2 kernels, which run only
+        // after `crate::quantize_rows` checked that the CPU has F16C.
+        unsafe {
+            _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))) as u16
+        }
+    }
+    #[inline(always)]
+    fn decode(bits: u16) -> f32 {
+        // SAFETY: as for `encode`.
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))) }
+    }
+}
+
+/// Error sums kept in registers across groups, flushed to f64 every [`Acc::FLUSH`] elements.
+struct Acc {
+    e2: __m256,
+    x2: __m256,
+    emax: __m256,
+    n: usize,
+}
+
+impl Acc {
+    /// Elements summed in f32 (per lane: FLUSH / 8) before adding into the f64 totals.
+    const FLUSH: usize = 512;
+
+    #[inline(always)]
+    unsafe fn new() -> Acc {
+        // SAFETY: register-only AVX operations; the caller has AVX2.
+        unsafe {
+            Acc {
+                e2: _mm256_setzero_ps(),
+                x2: _mm256_setzero_ps(),
+                emax: _mm256_setzero_ps(),
+                n: 0,
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn flush(&mut self, stats: &mut ErrorStats) {
+        // SAFETY: register-only AVX operations; the caller has AVX2.
+        unsafe {
+            stats.sum_sq_err += hsum(self.e2);
+            stats.sum_sq += hsum(self.x2);
+            stats.max_abs_err = stats.max_abs_err.max(hmax(self.emax));
+            self.e2 = _mm256_setzero_ps();
+            self.x2 = _mm256_setzero_ps();
+            self.n = 0;
+        }
+    }
+}
+
+const SYM8: u8 = 0;
+const ASYM8: u8 = 1;
+const SYM4: u8 = 2;
+const ASYM4: u8 = 3;
+
+/// Quantizes whole rows; see [`crate::quantize_rows`].
+pub(crate) fn quantize_rows(
+    fmt: &QuantFormat,
+    k: usize,
+    src: Src<'_>,
+    out: RowsOut<'_>,
+) -> ErrorStats {
+    // SAFETY (all three): `crate::quantize_rows` asserted that the CPU has AVX2, FMA and F16C.
+    match src {
+        Src::F32(x) => unsafe { rows(fmt, k, x, out) },
+        Src::F16(x) => unsafe { rows(fmt, k, x, out) },
+        Src::BF16(x) => unsafe { rows(fmt, k, x, out) },
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows<T: Load8>(fmt: &QuantFormat, k: usize, src: &[T], out: RowsOut<'_>) -> ErrorStats {
+    let g = fmt.group;
+    if g % 8 != 0 && g < k {
+        // Groups would start off the 8-element grid (and mid-byte at 4 bits).
+        return scalar::quantize_rows(fmt, k, src, out);
+    }
+    // SAFETY: same CPU requirement, passed on.
+    unsafe {
+        match fmt.scheme {
+            Scheme::Int8Sym => rows_of::<T, SYM8>(fmt, k, src, out),
+            Scheme::Int8Asym => rows_of::<T, ASYM8>(fmt, k, src, out),
+            Scheme::Int4Sym => rows_of::<T, SYM4>(fmt, k, src, out),
+            Scheme::Int4Asym => rows_of::<T, ASYM4>(fmt, k, src, out),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; every group starts at a multiple of 8 in its row.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_of<T: Load8, const S: u8>(
+    fmt: &QuantFormat,
+    k: usize,
+    src: &[T],
+    mut out: RowsOut<'_>,
+) -> ErrorStats {
+    let mut stats = ErrorStats::default();
+    let rows = check_sizes(fmt, k, src.len(), &out);
+    let cb = fmt.code_bytes_per_row(k);
+    // SAFETY: AVX2 is available (this function's contract).
+    let mut acc = unsafe { Acc::new() };
+    for r in 0..rows {
+        let row = &src[r * k..(r + 1) * k];
+        for (gi, start) in (0..k).step_by(fmt.group).enumerate() {
+            let group = &row[start..(start + fmt.group).min(k)];
+            let body = group.len() & !7;
+            // SAFETY: body ≤ group.len(), in multiples of 8.
+            let (mut lo, mut hi, mut clean) = unsafe { range(group, body) };
+            for v in &group[body..] {
+                let x = v.to_f32();
+                clean &= x.is_finite();
+                let x = finite_or_zero(x);
+                lo = lo.min(x);
+                hi = hi.max(x);
+            }
+            if !clean {
+                count_nonfinite(group, r * k + start, &mut stats);
+            }
+            let p = params_from_range_with::<F16c>(fmt.scheme, fmt.scale_dtype, lo, hi);
+            put_params(fmt, k, &mut out, r, gi, &p);
+            stats.overflowed_groups += p.overflowed as u64;
+            stats.zeroed_groups += p.zeroed as u64;
+            let codes = &mut out.codes[r * cb..(r + 1) * cb];
+            // SAFETY: start is a multiple of 8 (checked by `rows`), so vector stores stay inside
+            // this group's bytes of `codes`; body ≤ group.len().
+            unsafe { code_body::<T, S>(&p, group, body, codes, start, &mut acc) };
+            if acc.n >= Acc::FLUSH {
+                // SAFETY: AVX2 is available.
+                unsafe { acc.flush(&mut stats) };
+            }
+            if body < group.len() {
+                quantize_span(fmt.scheme, &p, group, start, body, codes, &mut stats);
+            }
+        }
+    }
+    // SAFETY: AVX2 is available.
+    unsafe { acc.flush(&mut stats) };
+    stats.count = src.len() as u64;
+    stats
+}
+
+/// Min and max of `group[..body]` with NaN/±Inf read as 0, and whether all were finite.
+///
+/// # Safety
+/// AVX2/F16C; `body ≤ group.len()` and a multiple of 8.
+#[inline(always)]
+unsafe fn range<T: Load8>(group: &[T], body: usize) -> (f32, f32, bool) {
+    // SAFETY: loads stay below `body ≤ group.len()`.
+    unsafe {
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let mut lo = inf;
+        let mut hi = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        let p = group.as_ptr();
+        let mut i = 0;
+        while i < body {
+            let raw = T::load8(p.add(i));
+            let fin = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(raw, abs), inf);
+            let x = _mm256_and_ps(raw, fin);
+            lo = _mm256_min_ps(lo, x);
+            hi = _mm256_max_ps(hi, x);
+            all = _mm256_and_ps(all, fin);
+            i += 8;
+        }
+        (hmin(lo), hmax(hi), _mm256_movemask_ps(all) == 0xFF)
+    }
+}
+
+#[inline(always)]
+unsafe fn hmin(v: __m256) -> f32 {
+    // SAFETY: register-only operations.
+    unsafe {
+        let m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_min_ss(m, _mm_shuffle_ps::<0b01>(m, m)))
+    }
+}
+
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    // SAFETY: register-only operations.
+    unsafe {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)))
+    }
+}
+
+/// Sum of the lanes, in f64.
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f64 {
+    // SAFETY: register-only operations.
+    unsafe {
+        let d = _mm256_add_pd(
+            _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+        );
+        let s = _mm_add_pd(_mm256_castpd256_pd128(d), _mm256_extractf128_pd::<1>(d));
+        _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+    }
+}
+
+/// Codes of `group[..body]` into the packed row `codes` (group at row position `start`).
+///
+/// # Safety
+/// AVX2/FMA/F16C; `body ≤ group.len()`, a multiple of 8; `start` a multiple of 8 with
+/// `start + body` inside the row.
+#[inline(always)]
+unsafe fn code_body<T: Load8, const S: u8>(
+    p: &GroupParams,
+    group: &[T],
+    body: usize,
+    codes: &mut [u8],
+    start: usize,
+    acc: &mut Acc,
+) {
+    let asym = S == ASYM8 || S == ASYM4;
+    let (qlo, qhi) = match S {
+        SYM8 => (-127.0, 127.0),
+        SYM4 => (-8.0, 7.0),
+        ASYM8 => (0.0, 255.0),
+        _ => (0.0, 15.0),
+    };
+    assert!(
+        start + body
+            <= if S == SYM8 || S == ASYM8 {
+                codes.len()
+            } else {
+                codes.len() * 2
+            }
+    );
+    // SAFETY: loads stay below `body`; stores write bytes start..start+body (8-bit) or
+    // start/2..(start+body)/2 (4-bit), inside `codes` by the assertion above.
+    unsafe {
+        let inv = _mm256_set1_ps(p.inv);
+        let scale = _mm256_set1_ps(p.scale);
+        let min = _mm256_set1_ps(p.min);
+        let (vlo, vhi) = (_mm256_set1_ps(qlo), _mm256_set1_ps(qhi));
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let pairs = _mm_set1_epi16(0x1001); // byte weights 1, 16: c[2i] + 16·c[2i+1]
+        let (mut e2, mut x2, mut emax) = (acc.e2, acc.x2, acc.emax);
+        let src = group.as_ptr();
+        let dst = codes.as_mut_ptr();
+        let mut i = 0;
+        while i < body {
+            let raw = T::load8(src.add(i));
+            let x = _mm256_and_ps(
+                raw,
+                _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(raw, abs), inf),
+            );
+            let t = if asym { _mm256_sub_ps(x, min) } else { x };
+            let q = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(t, inv),
+            );
+            let q = _mm256_min_ps(_mm256_max_ps(q, vlo), vhi);
+            let xh = if asym {
+                _mm256_add_ps(_mm256_mul_ps(q, scale), min)
+            } else {
+                _mm256_mul_ps(q, scale)
+            };
+            let e = _mm256_sub_ps(x, xh);
+            e2 = _mm256_fmadd_ps(e, e, e2);
+            x2 = _mm256_fmadd_ps(x, x, x2);
+            emax = _mm256_max_ps(emax, _mm256_and_ps(e, abs));
+            let c = if S == SYM4 {
+                _mm256_add_ps(q, _mm256_set1_ps(8.0))
+            } else {
+                q
+            };
+            let c = _mm256_cvtps_epi32(c);
+            let w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c));
+            if S == SYM8 {
+                _mm_storel_epi64(dst.add(start + i) as *mut __m128i, _mm_packs_epi16(w, w));
+            } else if S == ASYM8 {
+                _mm_storel_epi64(dst.add(start + i) as *mut __m128i, _mm_packus_epi16(w, w));
+            } else {
+                let b = _mm_packus_epi16(w, w);
+                let n = _mm_maddubs_epi16(b, pairs);
+                let n = _mm_packus_epi16(n, n);
+                (dst.add((start + i) / 2) as *mut i32).write_unaligned(_mm_cvtsi128_si32(n));
+            }
+            i += 8;
+        }
+        acc.e2 = e2;
+        acc.x2 = x2;
+        acc.emax = emax;
+        acc.n += body;
+    }
+}

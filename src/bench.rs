@@ -1,0 +1,449 @@
+//! The `bench` operation: kernel throughput in GB/s of input on synthetic
+//! heavy-tailed data, next to a memcpy and a read-only sum of the same bytes
+//! measured in the same run with the same threads; and the whole `quantize`
+//! pipeline (mmap, kernels, writer, fsync) on a checkpoint file.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use safetensors::Dtype;
+use serde::Serialize;
+use shrinkray_kernels::{Isa, QuantFormat, ScaleDtype, Scheme};
+
+use crate::engine::{quantize_tensor, Workspace};
+use crate::plan::{GroupSize, Rules};
+use crate::quantize::{quantize, QuantizeOptions};
+use crate::synth::Rng;
+use crate::units::{bytes, Table};
+use crate::{Error, Result};
+
+/// Row length of the synthetic tensor (a common hidden size).
+pub const BENCH_K: usize = 4096;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Input bytes per measurement.
+    pub size: u64,
+    /// Schemes.
+    pub schemes: Vec<Scheme>,
+    /// Group sizes.
+    pub groups: Vec<usize>,
+    /// Input dtypes (F32, F16, BF16).
+    pub dtypes: Vec<Dtype>,
+    /// Kernel implementations.
+    pub isas: Vec<Isa>,
+    /// Thread counts.
+    pub threads: Vec<usize>,
+    /// Timed repetitions per measurement (the median is reported).
+    pub reps: usize,
+}
+
+/// One measurement.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BenchRow {
+    /// `memcpy`, `read` (a read-only sum) or `quantize`.
+    pub kind: String,
+    /// Scheme (quantize rows).
+    pub scheme: Option<String>,
+    /// Group size (quantize rows).
+    pub group_size: Option<usize>,
+    /// Input dtype.
+    pub dtype: String,
+    /// Kernel implementation (quantize rows).
+    pub isa: Option<String>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Input bytes per repetition.
+    pub bytes: u64,
+    /// Median seconds per repetition.
+    pub median_s: f64,
+    /// Fastest repetition in seconds.
+    pub min_s: f64,
+    /// Input GB/s (10⁹ bytes) at the median.
+    pub gb_s: f64,
+    /// Million parameters per second at the median.
+    pub mparams_s: f64,
+    /// gb_s over the memcpy rate of the same bytes and threads.
+    pub vs_memcpy: f64,
+    /// gb_s over the read-only rate of the same bytes and threads.
+    pub vs_read: f64,
+}
+
+/// The whole pipeline on one checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EndToEnd {
+    /// The checkpoint.
+    pub file: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Scheme and group size used.
+    pub scheme: String,
+    /// Group size.
+    pub group_size: usize,
+    /// Kernel implementation.
+    pub isa: String,
+    /// Worker threads.
+    pub threads: usize,
+    /// Median seconds of a whole `quantize` (including fsync and rename).
+    pub median_s: f64,
+    /// GB/s of input at the median.
+    pub gb_s: f64,
+    /// 1-thread memcpy rate of the same number of bytes (capped at 1 GiB), GB/s.
+    pub memcpy_1t_gb_s: f64,
+    /// gb_s / memcpy_1t_gb_s.
+    pub vs_memcpy_1t: f64,
+}
+
+/// What `bench` measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BenchReport {
+    /// The CPU, as the OS names it.
+    pub cpu: String,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Implementations this CPU runs.
+    pub isas_available: Vec<String>,
+    /// Repetitions per measurement.
+    pub reps: usize,
+    /// Kernel measurements, with their baselines.
+    pub rows: Vec<BenchRow>,
+    /// Whole-pipeline measurement, when asked.
+    pub end_to_end: Option<EndToEnd>,
+}
+
+/// The CPU model name (Linux), or `unknown`.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Other(format!("cannot start {threads} threads: {e}")))
+}
+
+/// Median and minimum of `reps` timings of `f` (after one untimed warm-up).
+fn time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let mut t: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    (t[t.len() / 2], t[0])
+}
+
+/// `n` heavy-tailed values as `dtype` bytes, made in parallel, deterministic.
+pub fn synthetic(n: usize, dtype: Dtype) -> Vec<u8> {
+    let es = dtype.bitsize() / 8;
+    let mut out = vec![0u8; n * es];
+    const CHUNK: usize = 1 << 16;
+    out.par_chunks_mut(CHUNK * es)
+        .enumerate()
+        .for_each(|(i, c)| {
+            let mut rng = Rng::new(0xB3AC4 + i as u64);
+            let vals: Vec<f32> = (0..c.len() / es)
+                .map(|_| {
+                    // Uniform body with a quartic tail: outliers up to 9x the bulk, like trained weights.
+                    let u = rng.uniform() * 2.0 - 1.0;
+                    (0.02 * u * (1.0 + 8.0 * u * u * u * u)) as f32
+                })
+                .collect();
+            crate::engine::from_f32(dtype, &vals, c);
+        });
+    out
+}
+
+/// Runs the kernel benchmarks.
+pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
+    let mut rows = Vec::new();
+    for &dtype in &opts.dtypes {
+        let es = (dtype.bitsize() / 8) as u64;
+        let n = ((opts.size / es) as usize / BENCH_K).max(1) * BENCH_K;
+        let data = synthetic(n, dtype);
+        let len = data.len() as u64;
+        let mut dst = vec![0u8; data.len()];
+        for &t in &opts.threads {
+            let pool = pool(t)?;
+            let chunk = data.len().div_ceil(t * 8).max(1 << 16);
+            let (copy_med, copy_min) = time(opts.reps, || {
+                pool.install(|| {
+                    dst.par_chunks_mut(chunk)
+                        .zip(data.par_chunks(chunk))
+                        .for_each(|(d, s)| d.copy_from_slice(s))
+                });
+                black_box(&dst);
+            });
+            let (read_med, read_min) = time(opts.reps, || {
+                let s: u64 = pool.install(|| {
+                    data.par_chunks(chunk)
+                        .map(|c| {
+                            c.chunks_exact(8)
+                                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                                .fold(0u64, u64::wrapping_add)
+                        })
+                        .reduce(|| 0, u64::wrapping_add)
+                });
+                black_box(s);
+            });
+            let copy = len as f64 / copy_med / 1e9;
+            let read = len as f64 / read_med / 1e9;
+            let base = |kind: &str, med: f64, min: f64| BenchRow {
+                kind: kind.into(),
+                scheme: None,
+                group_size: None,
+                dtype: dtype.to_string(),
+                isa: None,
+                threads: t,
+                bytes: len,
+                median_s: med,
+                min_s: min,
+                gb_s: len as f64 / med / 1e9,
+                mparams_s: n as f64 / med / 1e6,
+                vs_memcpy: copy_med / med,
+                vs_read: read_med / med,
+            };
+            rows.push(base("memcpy", copy_med, copy_min));
+            rows.push(base("read", read_med, read_min));
+            for &scheme in &opts.schemes {
+                for &group in &opts.groups {
+                    let f = QuantFormat {
+                        scheme,
+                        group,
+                        scale_dtype: ScaleDtype::F16,
+                    };
+                    for &isa in &opts.isas {
+                        let hidden = ProgressBar::hidden();
+                        // One workspace for all runs, as the engine keeps one for all tensors.
+                        let mut ws = Workspace::default();
+                        let (med, min) = time(opts.reps, || {
+                            let stats = pool.install(|| {
+                                quantize_tensor(
+                                    &mut ws,
+                                    &data,
+                                    dtype,
+                                    n / BENCH_K,
+                                    BENCH_K,
+                                    &f,
+                                    isa,
+                                    &hidden,
+                                )
+                                .stats
+                            });
+                            black_box(stats);
+                        });
+                        let gb = len as f64 / med / 1e9;
+                        rows.push(BenchRow {
+                            kind: "quantize".into(),
+                            scheme: Some(scheme.name().into()),
+                            group_size: Some(group),
+                            isa: Some(isa.name().into()),
+                            gb_s: gb,
+                            vs_memcpy: gb / copy,
+                            vs_read: gb / read,
+                            median_s: med,
+                            min_s: min,
+                            ..base("quantize", med, min)
+                        });
+                        progress.inc(1);
+                    }
+                }
+            }
+        }
+    }
+    Ok(BenchReport {
+        cpu: cpu_name(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        isas_available: Isa::available()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect(),
+        reps: opts.reps,
+        rows,
+        end_to_end: None,
+    })
+}
+
+/// Times a whole `quantize` of `file` into a scratch directory, `reps` times.
+pub fn end_to_end(
+    file: &Path,
+    scheme: Scheme,
+    group: usize,
+    threads: Option<usize>,
+    reps: usize,
+) -> Result<EndToEnd> {
+    let scratch = scratch_dir("e2e")?;
+    let out = scratch.path.join("out");
+    let opts = QuantizeOptions {
+        rules: Rules {
+            scheme,
+            group: GroupSize::Fixed(group),
+            ..Rules::default()
+        },
+        threads,
+        force: true,
+        ..Default::default()
+    };
+    let input_bytes = crate::checkpoint::Checkpoint::open(file)?.file_bytes();
+    let mut err = None;
+    let (med, _) = time(reps, || {
+        let _ = std::fs::remove_dir_all(&out);
+        if let Err(e) = quantize(file, &out, &opts) {
+            err.get_or_insert(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let n = input_bytes.min(1 << 30) as usize;
+    let src = vec![1u8; n];
+    let mut dst = vec![0u8; n];
+    let (copy, _) = time(reps, || {
+        dst.copy_from_slice(&src);
+        black_box(&dst);
+    });
+    let memcpy = n as f64 / copy / 1e9;
+    let gb = input_bytes as f64 / med / 1e9;
+    Ok(EndToEnd {
+        file: file.display().to_string(),
+        bytes: input_bytes,
+        scheme: scheme.name().into(),
+        group_size: group,
+        isa: crate::quantize::isa()?.name().into(),
+        threads: crate::thread_count(threads),
+        median_s: med,
+        gb_s: gb,
+        memcpy_1t_gb_s: memcpy,
+        vs_memcpy_1t: gb / memcpy,
+    })
+}
+
+/// A directory under the system temporary directory, removed on drop.
+pub struct Scratch {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Makes a fresh scratch directory.
+pub fn scratch_dir(what: &str) -> Result<Scratch> {
+    let path = std::env::temp_dir().join(format!("shrinkray-bench-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    Ok(Scratch { path })
+}
+
+/// Writes a synthetic F32 checkpoint of about `size` bytes (Llama-7B-shaped layers) into `dir`.
+pub fn synthetic_checkpoint(dir: &Path, size: u64) -> Result<PathBuf> {
+    let shapes: [(&str, usize, usize); 7] = [
+        ("self_attn.q_proj", 4096, 4096),
+        ("self_attn.k_proj", 4096, 4096),
+        ("self_attn.v_proj", 4096, 4096),
+        ("self_attn.o_proj", 4096, 4096),
+        ("mlp.gate_proj", 11008, 4096),
+        ("mlp.up_proj", 11008, 4096),
+        ("mlp.down_proj", 4096, 11008),
+    ];
+    let mut tensors = Vec::new();
+    let mut total = 0u64;
+    'layers: for layer in 0.. {
+        for (name, r, c) in shapes {
+            if total >= size {
+                break 'layers;
+            }
+            let rows = r.min(((size - total) / (4 * c as u64)).max(1) as usize);
+            tensors.push((
+                format!("model.layers.{layer}.{name}.weight"),
+                Dtype::F32,
+                vec![rows, c],
+                synthetic(rows * c, Dtype::F32),
+            ));
+            total += (rows * c * 4) as u64;
+        }
+    }
+    let path = dir.join("synthetic-f32.safetensors");
+    crate::synth::write(&path, &tensors, &[("format", "pt")])
+        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    Ok(path)
+}
+
+impl BenchReport {
+    /// The human-readable tables.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{} ({} logical CPUs); kernels available: {}; median of {} runs\n\n",
+            self.cpu,
+            self.cpus,
+            self.isas_available.join(", "),
+            self.reps
+        );
+        if !self.rows.is_empty() {
+            let mut t = Table::new(&[
+                "what",
+                "dtype",
+                "isa",
+                "threads",
+                "input",
+                "GB/s",
+                "Mparams/s",
+                "vs memcpy",
+                "vs read",
+            ]);
+            for r in &self.rows {
+                let what = match (&r.scheme, r.group_size) {
+                    (Some(s), Some(g)) => format!("{s} g{g}"),
+                    _ => r.kind.clone(),
+                };
+                t.row(vec![
+                    what,
+                    r.dtype.clone(),
+                    r.isa.clone().unwrap_or_else(|| "-".into()),
+                    r.threads.to_string(),
+                    bytes(r.bytes),
+                    format!("{:.2}", r.gb_s),
+                    format!("{:.0}", r.mparams_s),
+                    format!("{:.2}", r.vs_memcpy),
+                    format!("{:.2}", r.vs_read),
+                ]);
+            }
+            out.push_str(&t.render());
+        }
+        if let Some(e) = &self.end_to_end {
+            out.push_str(&format!(
+                "\nwhole pipeline: quantize {} ({}) to {} g{}: {:.3} s, {:.2} GB/s of input with {} ({} threads) = {:.2} of a 1-thread memcpy ({:.2} GB/s)\n",
+                e.file,
+                bytes(e.bytes),
+                e.scheme,
+                e.group_size,
+                e.median_s,
+                e.gb_s,
+                e.isa,
+                e.threads,
+                e.vs_memcpy_1t,
+                e.memcpy_1t_gb_s
+            ));
+        }
+        out
+    }
+}
