@@ -145,11 +145,15 @@ fn round_down_saturating<C: F16Convert>(dt: ScaleDtype, v: f32, overflowed: &mut
     if r.v <= v || dt == ScaleDtype::F32 {
         return r;
     }
-    // r > v: step one unit down in the dtype's own encoding.
+    // r > v: step one unit down in the dtype's own encoding, never past its largest
+    // finite magnitude (that would be −Inf: keep the saturated value, flagged).
     let bits = next_down_bits(r.bits as u16, 0x8000) as u32;
-    Stored {
-        v: from_bits::<C>(dt, bits),
-        bits,
+    let d = from_bits::<C>(dt, bits);
+    if d.is_finite() {
+        Stored { v: d, bits }
+    } else {
+        *overflowed = true;
+        r
     }
 }
 
@@ -643,6 +647,21 @@ mod tests {
                     "{dt:?} {v}: error {err}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn asym_min_never_steps_past_the_dtype_range() {
+        for (v, over) in [
+            (-65510.0f32, true),
+            (-70000.0, true),
+            (-65504.0, false),
+            (65530.0, true),
+        ] {
+            let p = group_params(Scheme::Int4Asym, ScaleDtype::F16, &[v, v + 1.0]);
+            assert!(p.min.is_finite(), "{v}: min {}", p.min);
+            assert_eq!(p.overflowed, over, "{v}");
+            assert_eq!(half::f16::from_bits(p.min_bits as u16).to_f32(), p.min);
         }
     }
 }

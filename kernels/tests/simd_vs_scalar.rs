@@ -255,3 +255,42 @@ fn many_rows_and_long_rows() {
         }
     }
 }
+
+/// Rows of 8 or more full groups (the batched paths), with every pattern, source
+/// dtype and scheme, F16 and F32 scales, and rows that end in a short group.
+#[test]
+fn batches_of_full_groups() {
+    let isas = simd_isas();
+    let mut bits = Bits(7);
+    for g in [16, 32, 64, 128, 256] {
+        for k in [8 * g, 8 * g + 7, 9 * g + 8, 17 * g + 3] {
+            for kind in 0..PATTERNS {
+                for scheme in Scheme::ALL {
+                    for dt in [ScaleDtype::F16, ScaleDtype::F32] {
+                        let f = QuantFormat {
+                            scheme,
+                            group: g,
+                            scale_dtype: dt,
+                        };
+                        let off = (k + kind) % 4;
+                        let v = values(kind, 2 * k + off, g, &mut bits);
+                        let h: Vec<f16> = v.iter().map(|&a| f16::from_f32(a)).collect();
+                        let b: Vec<bf16> = v.iter().map(|&a| bf16::from_f32(a)).collect();
+                        for (src, name) in [
+                            (Src::F32(&v[off..]), "F32"),
+                            (Src::F16(&h[off..]), "F16"),
+                            (Src::BF16(&b[off..]), "BF16"),
+                        ] {
+                            let want = run(Isa::Scalar, &f, k, src);
+                            for &isa in &isas {
+                                let what =
+                                    format!("{scheme} g{g} k{k} {dt:?} {name} pattern {kind}");
+                                compare(isa, &what, &want, &run(isa, &f, k, src));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

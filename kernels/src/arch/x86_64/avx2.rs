@@ -18,7 +18,7 @@ use crate::scalar::{
     self, check_sizes, count_nonfinite, finite_or_zero, params_from_range_with, put_params,
     quantize_span, Element, F16Convert, GroupParams,
 };
-use crate::{ErrorStats, QuantFormat, RowsOut, Scheme, Src};
+use crate::{ErrorStats, QuantFormat, RowsOut, ScaleDtype, Scheme, Src};
 
 /// Eight elements loaded as f32 lanes.
 trait Load8: Element {
@@ -168,9 +168,41 @@ unsafe fn rows_of<T: Load8, const S: u8>(
     let cb = fmt.code_bytes_per_row(k);
     // SAFETY: AVX2 is available (this function's contract).
     let mut acc = unsafe { Acc::new() };
+    let gpr = fmt.groups_per_row(k);
+    let full = k / fmt.group;
+    // The batched path: F16 scales, groups of 16..=256 elements in multiples of 16.
+    let batched =
+        fmt.scale_dtype == ScaleDtype::F16 && fmt.group % 16 == 0 && fmt.group <= CACHE / 8;
+    let mut cache = [0f32; CACHE];
     for r in 0..rows {
         let row = &src[r * k..(r + 1) * k];
-        for (gi, start) in (0..k).step_by(fmt.group).enumerate() {
+        let mut first = 0;
+        if batched {
+            while first + 8 <= full {
+                let codes = &mut out.codes[r * cb..(r + 1) * cb];
+                let params = (&mut *out.scales, &mut *out.mins);
+                // SAFETY: 8 full groups from `first` lie inside the row; the CPU has AVX2/FMA/F16C.
+                let done = unsafe {
+                    batch8::<T, S>(
+                        fmt.group,
+                        row,
+                        first,
+                        codes,
+                        params,
+                        r * gpr + first,
+                        &mut cache,
+                        &mut acc,
+                        &mut stats,
+                    )
+                };
+                if !done {
+                    break; // a NaN/Inf: these groups (and the rest of the row) go group by group
+                }
+                first += 8;
+            }
+        }
+        for gi in first..gpr {
+            let start = gi * fmt.group;
             let group = &row[start..(start + fmt.group).min(k)];
             let body = group.len() & !7;
             // SAFETY: body ≤ group.len(), in multiples of 8.
@@ -206,6 +238,250 @@ unsafe fn rows_of<T: Load8, const S: u8>(
     unsafe { acc.flush(&mut stats) };
     stats.count = src.len() as u64;
     stats
+}
+
+/// Elements of the group cache: 8 groups of up to 256.
+const CACHE: usize = 2048;
+
+/// Reduces 8 vectors to one whose lane `j` is `op` over all lanes of `v[j]`.
+#[inline(always)]
+unsafe fn transpose_reduce(v: &[__m256; 8], op: impl Fn(__m256, __m256) -> __m256) -> __m256 {
+    // SAFETY: register-only AVX shuffles.
+    unsafe {
+        let pair = |a: __m256, b: __m256| op(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+        let (a0, a1, a2, a3) = (
+            pair(v[0], v[1]),
+            pair(v[2], v[3]),
+            pair(v[4], v[5]),
+            pair(v[6], v[7]),
+        );
+        let quad = |a: __m256, b: __m256| {
+            op(
+                _mm256_shuffle_ps::<0x44>(a, b),
+                _mm256_shuffle_ps::<0xEE>(a, b),
+            )
+        };
+        let (b0, b1) = (quad(a0, a1), quad(a2, a3));
+        op(
+            _mm256_permute2f128_ps::<0x20>(b0, b1),
+            _mm256_permute2f128_ps::<0x31>(b0, b1),
+        )
+    }
+}
+
+/// Rounds 8 lanes to F16 (nearest even), saturating to ±65504; returns the values and the overflow mask.
+#[inline(always)]
+unsafe fn f16_saturating(d: __m256) -> (__m256, __m256) {
+    // SAFETY: register-only AVX/F16C operations.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let r = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d));
+        let ovf =
+            _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, r), _mm256_set1_ps(f32::INFINITY));
+        let sat = _mm256_or_ps(_mm256_and_ps(d, sign), _mm256_set1_ps(65504.0));
+        (_mm256_blendv_ps(r, sat, ovf), ovf)
+    }
+}
+
+/// Eight full groups of `g` elements starting at group `first` of `row`: one vector pass
+/// into `cache` for min/max, the 8 groups' parameters in vector lanes (F16 scales, the
+/// specification's arithmetic lane by lane), then codes from the cache.
+///
+/// Returns false, having written nothing, when a NaN or ±Inf is among them.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `g % 16 == 0`, `8·g ≤ CACHE`, and groups `first..first + 8` are full groups of `row`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn batch8<T: Load8, const S: u8>(
+    g: usize,
+    row: &[T],
+    first: usize,
+    codes: &mut [u8],
+    (scales, mins): (&mut [u8], &mut [u8]),
+    gidx: usize,
+    cache: &mut [f32; CACHE],
+    acc: &mut Acc,
+    stats: &mut ErrorStats,
+) -> bool {
+    let s0 = first * g;
+    assert!(s0 + 8 * g <= row.len() && 8 * g <= CACHE && g % 16 == 0);
+    assert!((gidx + 8) * 2 <= scales.len());
+    let four = S == SYM4 || S == ASYM4;
+    assert!(if four {
+        (s0 + 8 * g) / 2 <= codes.len()
+    } else {
+        s0 + 8 * g <= codes.len()
+    });
+    // SAFETY: every load reads row[s0 .. s0 + 8g] or cache[.. 8g], every store writes
+    // cache[.. 8g], codes[s0 .. s0 + 8g] (or the halves at 4 bits) and scales/mins at
+    // groups gidx .. gidx + 8, all inside their slices by the assertions above.
+    unsafe {
+        let src = row.as_ptr().add(s0);
+        let c = cache.as_mut_ptr();
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let sign = _mm256_set1_ps(-0.0);
+        let mut lo = [inf; 8];
+        let mut hi = [_mm256_set1_ps(f32::NEG_INFINITY); 8];
+        let mut nan = _mm256_setzero_ps();
+        let mut x2 = _mm256_setzero_ps();
+        for j in 0..8 {
+            let mut i = j * g;
+            while i < (j + 1) * g {
+                let x = T::load8(src.add(i));
+                _mm256_storeu_ps(c.add(i), x);
+                lo[j] = _mm256_min_ps(lo[j], x);
+                hi[j] = _mm256_max_ps(hi[j], x);
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                x2 = _mm256_fmadd_ps(x, x, x2);
+                i += 8;
+            }
+        }
+        let lo = transpose_reduce(&lo, |a, b| _mm256_min_ps(a, b));
+        let hi = transpose_reduce(&hi, |a, b| _mm256_max_ps(a, b));
+        let infinite = _mm256_or_ps(
+            _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, lo), inf),
+            _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, hi), inf),
+        );
+        if _mm256_movemask_ps(_mm256_or_ps(nan, infinite)) != 0 {
+            return false;
+        }
+
+        // The parameters of the 8 groups, as `params_from_range` computes them for one.
+        let zero = _mm256_setzero_ps();
+        let (lo, hi) = (_mm256_add_ps(lo, zero), _mm256_add_ps(hi, zero)); // −0 → +0
+        let neg_lo = _mm256_xor_ps(lo, sign);
+        let (d, min, min_ovf, spread) = match S {
+            SYM8 => {
+                let amax = _mm256_max_ps(hi, neg_lo);
+                let spread = _mm256_cmp_ps::<_CMP_GT_OQ>(amax, zero);
+                (
+                    _mm256_div_ps(amax, _mm256_set1_ps(127.0)),
+                    zero,
+                    zero,
+                    spread,
+                )
+            }
+            SYM4 => {
+                let m = _mm256_blendv_ps(lo, hi, _mm256_cmp_ps::<_CMP_GE_OQ>(hi, neg_lo));
+                let spread = _mm256_cmp_ps::<_CMP_NEQ_OQ>(m, zero);
+                (_mm256_div_ps(m, _mm256_set1_ps(-8.0)), zero, zero, spread)
+            }
+            _ => {
+                // Rounded down to F16: the largest F16 ≤ lo, kept within ±65504 (flagged beyond).
+                let down = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEG_INF>(lo));
+                let min = _mm256_max_ps(down, _mm256_set1_ps(-65504.0));
+                let min_ovf = _mm256_or_ps(
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(lo, _mm256_set1_ps(-65504.0)),
+                    _mm256_cmp_ps::<_CMP_GE_OQ>(lo, _mm256_set1_ps(65520.0)),
+                );
+                let levels = _mm256_set1_ps(if S == ASYM8 { 255.0 } else { 15.0 });
+                let spread = _mm256_cmp_ps::<_CMP_GT_OQ>(hi, lo);
+                (
+                    _mm256_div_ps(_mm256_sub_ps(hi, min), levels),
+                    min,
+                    min_ovf,
+                    spread,
+                )
+            }
+        };
+        let (s, s_ovf) = f16_saturating(d);
+        let flush = _mm256_cmp_ps::<_CMP_LT_OQ>(
+            _mm256_andnot_ps(sign, s),
+            _mm256_set1_ps(f32::MIN_POSITIVE),
+        );
+        let scale = _mm256_andnot_ps(flush, s);
+        let inv = _mm256_andnot_ps(flush, _mm256_div_ps(_mm256_set1_ps(1.0), s));
+        stats.overflowed_groups +=
+            _mm256_movemask_ps(_mm256_or_ps(min_ovf, s_ovf)).count_ones() as u64;
+        stats.zeroed_groups += _mm256_movemask_ps(_mm256_and_ps(flush, spread)).count_ones() as u64;
+        _mm_storeu_si128(
+            scales.as_mut_ptr().add(gidx * 2) as *mut __m128i,
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(scale),
+        );
+        if S == ASYM8 || S == ASYM4 {
+            assert!((gidx + 8) * 2 <= mins.len());
+            _mm_storeu_si128(
+                mins.as_mut_ptr().add(gidx * 2) as *mut __m128i,
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(min),
+            );
+        }
+
+        // Codes, from the cache.
+        let (qlo, qhi) = match S {
+            SYM8 => (-127.0, 127.0),
+            SYM4 => (-8.0, 7.0),
+            ASYM8 => (0.0, 255.0),
+            _ => (0.0, 15.0),
+        };
+        let (vlo, vhi) = (_mm256_set1_ps(qlo), _mm256_set1_ps(qhi));
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let pairs = _mm_set1_epi16(0x1001);
+        let (mut e2, mut emax) = (acc.e2, acc.emax);
+        let dst = codes.as_mut_ptr();
+        for j in 0..8 {
+            let lane = _mm256_set1_epi32(j as i32);
+            let vinv = _mm256_permutevar8x32_ps(inv, lane);
+            let vscale = _mm256_permutevar8x32_ps(scale, lane);
+            let vmin = _mm256_permutevar8x32_ps(min, lane);
+            let quant = |x: __m256| {
+                let t = if S == ASYM8 || S == ASYM4 {
+                    _mm256_sub_ps(x, vmin)
+                } else {
+                    x
+                };
+                let q = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm256_mul_ps(t, vinv),
+                );
+                let q = _mm256_min_ps(_mm256_max_ps(q, vlo), vhi);
+                let xh = if S == ASYM8 || S == ASYM4 {
+                    _mm256_add_ps(_mm256_mul_ps(q, vscale), vmin)
+                } else {
+                    _mm256_mul_ps(q, vscale)
+                };
+                (q, _mm256_sub_ps(x, xh))
+            };
+            let mut i = j * g;
+            while i < (j + 1) * g {
+                let (q0, er0) = quant(_mm256_loadu_ps(c.add(i)));
+                let (q1, er1) = quant(_mm256_loadu_ps(c.add(i + 8)));
+                e2 = _mm256_fmadd_ps(er0, er0, e2);
+                e2 = _mm256_fmadd_ps(er1, er1, e2);
+                emax = _mm256_max_ps(
+                    emax,
+                    _mm256_max_ps(_mm256_and_ps(er0, abs), _mm256_and_ps(er1, abs)),
+                );
+                let w = _mm256_packs_epi32(_mm256_cvtps_epi32(q0), _mm256_cvtps_epi32(q1));
+                let w = _mm256_permute4x64_epi64::<0xD8>(w);
+                let (wl, wh) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+                let at = s0 + i;
+                match S {
+                    SYM8 => _mm_storeu_si128(dst.add(at) as *mut __m128i, _mm_packs_epi16(wl, wh)),
+                    ASYM8 => {
+                        _mm_storeu_si128(dst.add(at) as *mut __m128i, _mm_packus_epi16(wl, wh))
+                    }
+                    _ => {
+                        let b = if S == SYM4 {
+                            _mm_add_epi8(_mm_packs_epi16(wl, wh), _mm_set1_epi8(8))
+                        } else {
+                            _mm_packus_epi16(wl, wh)
+                        };
+                        let n = _mm_maddubs_epi16(b, pairs);
+                        _mm_storel_epi64(dst.add(at / 2) as *mut __m128i, _mm_packus_epi16(n, n));
+                    }
+                }
+                i += 16;
+            }
+        }
+        acc.e2 = e2;
+        acc.emax = emax;
+        acc.x2 = _mm256_add_ps(acc.x2, x2);
+        acc.n += 8 * g;
+        if acc.n >= Acc::FLUSH {
+            acc.flush(stats);
+        }
+        true
+    }
 }
 
 /// Min and max of `group[..body]` with NaN/±Inf read as 0, and whether all were finite.
