@@ -287,7 +287,8 @@ unsafe fn f16_saturating(d: __m256) -> (__m256, __m256) {
 /// into `cache` for min/max, the 8 groups' parameters in vector lanes (F16 scales, the
 /// specification's arithmetic lane by lane), then codes from the cache.
 ///
-/// Returns false, having written nothing, when a NaN or ±Inf is among them.
+/// Returns false, having written nothing, when a NaN or ±Inf is among them (or a value
+/// so large that its square overflows f32).
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `g % 16 == 0`, `8·g ≤ CACHE`, and groups `first..first + 8` are full groups of `row`.
@@ -323,29 +324,36 @@ unsafe fn batch8<T: Load8, const S: u8>(
         let sign = _mm256_set1_ps(-0.0);
         let mut lo = [inf; 8];
         let mut hi = [_mm256_set1_ps(f32::NEG_INFINITY); 8];
-        let mut nan = _mm256_setzero_ps();
-        let mut x2 = _mm256_setzero_ps();
+        // Σx² in two chains; NaN and ±Inf make it non-finite, which is the only check needed
+        // (a finite |x| > 1.8e19 overflows it too: that batch then takes the exact slow path).
+        let (mut xa, mut xb) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for j in 0..8 {
-            let mut i = j * g;
-            while i < (j + 1) * g {
-                let x = T::load8(src.add(i));
-                _mm256_storeu_ps(c.add(i), x);
-                lo[j] = _mm256_min_ps(lo[j], x);
-                hi[j] = _mm256_max_ps(hi[j], x);
-                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
-                x2 = _mm256_fmadd_ps(x, x, x2);
-                i += 8;
+            let (mut l0, mut l1, mut h0, mut h1) = (inf, inf, hi[j], hi[j]);
+            let base = j * g;
+            let mut i = 0;
+            while i < g {
+                let x0 = T::load8(src.add(base + i));
+                let x1 = T::load8(src.add(base + i + 8));
+                _mm256_storeu_ps(c.add(base + i), x0);
+                _mm256_storeu_ps(c.add(base + i + 8), x1);
+                l0 = _mm256_min_ps(l0, x0);
+                l1 = _mm256_min_ps(l1, x1);
+                h0 = _mm256_max_ps(h0, x0);
+                h1 = _mm256_max_ps(h1, x1);
+                xa = _mm256_fmadd_ps(x0, x0, xa);
+                xb = _mm256_fmadd_ps(x1, x1, xb);
+                i += 16;
             }
+            lo[j] = _mm256_min_ps(l0, l1);
+            hi[j] = _mm256_max_ps(h0, h1);
+        }
+        let x2 = _mm256_add_ps(xa, xb);
+        let finite = _mm256_cmp_ps::<_CMP_LT_OQ>(x2, inf); // false for NaN and +Inf
+        if _mm256_movemask_ps(finite) != 0xFF {
+            return false;
         }
         let lo = transpose_reduce(&lo, |a, b| _mm256_min_ps(a, b));
         let hi = transpose_reduce(&hi, |a, b| _mm256_max_ps(a, b));
-        let infinite = _mm256_or_ps(
-            _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, lo), inf),
-            _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, hi), inf),
-        );
-        if _mm256_movemask_ps(_mm256_or_ps(nan, infinite)) != 0 {
-            return false;
-        }
 
         // The parameters of the 8 groups, as `params_from_range` computes them for one.
         let zero = _mm256_setzero_ps();
