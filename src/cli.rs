@@ -10,6 +10,7 @@ use safetensors::Dtype;
 use shrinkray::bench::{self, BenchOptions};
 use shrinkray::dequantize::{dequantize, DequantizeOptions};
 use shrinkray::engine::Nonfinite;
+use shrinkray::estimate::{estimate, parse_params, EstimateOptions, Subject};
 use shrinkray::inspect::inspect;
 use shrinkray::plan::{parse_scale_dtype, parse_scheme, GroupSize, Override, Rules};
 use shrinkray::quantize::{dry_run, quantize, QuantizeOptions};
@@ -39,6 +40,36 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Measure quantizer throughput (GB/s of input) next to memcpy and a read-only sum of the same bytes.
     Bench(BenchArgs),
+    /// What a checkpoint (headers only) or a parameter count costs at each precision, and how many GPUs hold it.
+    Plan(PlanArgs),
+}
+
+/// `plan` options.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A checkpoint (file, index or directory); its headers are read, not its data.
+    #[arg(required_unless_present = "params", conflicts_with = "params")]
+    pub checkpoint: Option<PathBuf>,
+    /// A parameter count instead of a checkpoint: 70B, 8.03e9, 405B, 350M.
+    #[arg(long, value_parser = parse_params)]
+    pub params: Option<u64>,
+    /// Parameters active per token (mixture-of-experts), e.g. --params 47B --active 12B.
+    #[arg(long, value_parser = parse_params)]
+    pub active: Option<u64>,
+    /// Accelerator memory size (repeatable; default 80GB and 24GB).
+    #[arg(long = "gpu-mem", value_parser = parse_size)]
+    pub gpu_mem: Vec<u64>,
+    /// Fraction of each accelerator kept free for activations and KV cache (an assumption).
+    #[arg(long, default_value_t = 0.1)]
+    pub headroom: f64,
+    /// Source dtype of a --params model: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16", value_parser = parse_float_dtype)]
+    pub source_dtype: Dtype,
+    /// Row length assumed for per-row groups of a --params model.
+    #[arg(long, default_value_t = 4096)]
+    pub row_length: u64,
+    #[command(flatten)]
+    pub out: Output,
 }
 
 /// `bench` options.
@@ -388,6 +419,39 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 print_json(&report)?;
             } else {
                 print!("{}", report.render());
+            }
+            Ok(0)
+        }
+        Command::Plan(a) => {
+            if !(0.0..1.0).contains(&a.headroom) {
+                bail!("--headroom must be in [0, 1)");
+            }
+            if a.row_length == 0 || a.gpu_mem.contains(&0) {
+                bail!("--row-length and --gpu-mem must be positive");
+            }
+            let subject = match (&a.checkpoint, a.params) {
+                (Some(p), _) => Subject::Checkpoint(p),
+                (None, Some(n)) => Subject::Params {
+                    params: n,
+                    source_bytes_per_param: (a.source_dtype.bitsize() / 8) as u64,
+                    row_length: a.row_length,
+                },
+                (None, None) => bail!("give a checkpoint or --params"),
+            };
+            let opts = EstimateOptions {
+                gpu_mem: if a.gpu_mem.is_empty() {
+                    vec![80_000_000_000, 24_000_000_000]
+                } else {
+                    a.gpu_mem
+                },
+                headroom: a.headroom,
+                active: a.active,
+            };
+            let e = estimate(&subject, &opts)?;
+            if a.out.json {
+                print_json(&e)?;
+            } else {
+                print!("{}", e.render());
             }
             Ok(0)
         }

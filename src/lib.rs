@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod decode;
 pub mod dequantize;
 pub mod engine;
+pub mod estimate;
 pub mod format;
 pub mod inspect;
 pub mod plan;
