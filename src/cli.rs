@@ -11,6 +11,7 @@ use shrinkray::bench::{self, BenchOptions};
 use shrinkray::dequantize::{dequantize, DequantizeOptions};
 use shrinkray::engine::Nonfinite;
 use shrinkray::estimate::{estimate, parse_params, EstimateOptions, Subject};
+use shrinkray::html::ChartData;
 use shrinkray::inspect::inspect;
 use shrinkray::plan::{parse_scale_dtype, parse_scheme, GroupSize, Override, Rules};
 use shrinkray::quantize::{dry_run, quantize, QuantizeOptions};
@@ -171,6 +172,9 @@ pub struct QuantizeArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also write a self-contained HTML report with charts to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub out: Output,
 }
@@ -218,6 +222,9 @@ pub struct VerifyArgs {
     /// Tensors in the table (worst first when there are more).
     #[arg(long, default_value_t = 30)]
     pub top: usize,
+    /// Also write a self-contained HTML report with charts to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub out: Output,
 }
@@ -238,6 +245,13 @@ fn parse_float_dtype(s: &str) -> Result<Dtype, String> {
         "bf16" => Ok(Dtype::BF16),
         _ => Err(format!("unknown dtype `{s}` (expected f32, f16 or bf16)")),
     }
+}
+
+fn write_html(path: &std::path::Path, data: &ChartData) -> anyhow::Result<()> {
+    let page = shrinkray::html::render(data).map_err(anyhow::Error::msg)?;
+    shrinkray::writer::write_small_file(path, page.as_bytes())
+        .with_context(|| format!("writing the report {}", path.display()))?;
+    Ok(())
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -277,6 +291,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 };
                 quantize(&a.input, out, &opts)?
             };
+            if let Some(path) = &a.report {
+                write_html(path, &ChartData::from(&report))?;
+            }
             if a.out.json {
                 print_json(&report)?;
             } else {
@@ -318,6 +335,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     min_ratio: a.min_ratio,
                 },
             )?;
+            if let Some(path) = &a.report {
+                write_html(path, &ChartData::from(&r))?;
+            }
             if a.out.json {
                 print_json(&r)?;
             } else {

@@ -14,7 +14,7 @@ use crate::checkpoint::Checkpoint;
 use crate::decode::{decode_rows, read_items, Item, Quantized};
 use crate::engine::{to_f32, CHUNK_ELEMS};
 use crate::format::METADATA_KEY;
-use crate::report::{shape_str, ErrorSummary};
+use crate::report::{shape_str, ErrorSummary, PieceBytes};
 use crate::units::{bytes, count, db, sci, Table};
 use crate::{with_threads, Error, Result};
 
@@ -52,6 +52,10 @@ pub struct VerifyRow {
     pub bits_per_weight: f64,
     /// Reconstruction error (quantized tensors).
     pub error: Option<ErrorSummary>,
+    /// Stored bytes by kind.
+    pub bytes: PieceBytes,
+    /// Code bits the naive figure counts for this tensor (kept tensors: the most used scheme's).
+    pub naive_bits: u32,
 }
 
 /// The result of `verify`.
@@ -126,10 +130,13 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
             stored_bytes: 0,
             bits_per_weight: 0.0,
             error: None,
+            bytes: PieceBytes::default(),
+            naive_bits: 0,
         };
         match item {
             Item::Kept { shard, entry } => {
                 row.stored_bytes = entry.nbytes() as u64;
+                row.bytes.kept = row.stored_bytes;
                 expected += t.nbytes() as u64;
                 if entry.dtype != t.dtype || entry.shape != t.shape {
                     failures.push(format!("kept tensor `{}` changed dtype or shape", t.name));
@@ -145,6 +152,10 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
                 row.stored_as = q.fmt.scheme.name().into();
                 row.group_size = Some(q.fmt.group);
                 row.stored_bytes = q.stored_bytes();
+                row.naive_bits = q.fmt.scheme.bits();
+                row.bytes.codes = q.codes.nbytes() as u64;
+                row.bytes.scales = q.scales.nbytes() as u64;
+                row.bytes.mins = q.mins.map_or(0, |m| m.nbytes() as u64);
                 let f = &q.fmt;
                 expected += (q.rows
                     * (f.code_bytes_per_row(q.k)
@@ -176,6 +187,18 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
             row.bits_per_weight = row.stored_bytes as f64 * 8.0 / row.params as f64;
         }
         rows.push(row);
+    }
+    // Kept tensors count at the code width of the scheme that covers the most parameters.
+    let mut by_bits = std::collections::BTreeMap::<u32, u64>::new();
+    for r in rows.iter().filter(|r| r.naive_bits > 0) {
+        *by_bits.entry(r.naive_bits).or_default() += r.params;
+    }
+    let default_bits = by_bits
+        .iter()
+        .max_by_key(|(_, p)| **p)
+        .map_or(16, |(b, _)| *b);
+    for r in rows.iter_mut().filter(|r| r.naive_bits == 0) {
+        r.naive_bits = default_bits;
     }
     for name in by_name.keys() {
         failures.push(format!(

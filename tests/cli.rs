@@ -565,3 +565,115 @@ fn bench_times_the_whole_pipeline_on_a_file() {
     assert!(e["gb_s"].as_f64().unwrap() > 0.0);
     assert!(r["rows"].as_array().unwrap().is_empty());
 }
+
+/// The `<svg>` of figure `id` in an HTML report, checked to be well-formed XML.
+fn figure_svg(html: &str, id: &str) -> String {
+    let at = html
+        .find(&format!("<figure id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no figure {id}"));
+    let start = at + html[at..].find("<svg").unwrap();
+    let end = start + html[start..].find("</svg>").unwrap() + "</svg>".len();
+    let svg = &html[start..end];
+    roxmltree::Document::parse(svg)
+        .unwrap_or_else(|e| panic!("figure {id}: not well-formed SVG: {e}"));
+    svg.to_string()
+}
+
+fn texts(svg: &str) -> Vec<String> {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    doc.descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text().map(str::trim).map(String::from))
+        .collect()
+}
+
+#[test]
+fn html_reports_of_quantize_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("llama-bf16.safetensors");
+    let packed = dir.path().join("q.safetensors");
+    let page = dir.path().join("quantize.html");
+    let r = shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(&packed)
+        .arg("--report")
+        .arg(&page)
+        .arg("--json")
+        .assert()
+        .success();
+    let r = json(&r.get_output().stdout);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    for forbidden in ["<script", "src=", "href=", "<link", "@import"] {
+        assert!(
+            !html.contains(forbidden),
+            "the report must be self-contained: found {forbidden}"
+        );
+    }
+    let bytes = texts(&figure_svg(&html, "bytes-by-group"));
+    for series in [
+        "input",
+        "codes",
+        "scales",
+        "mins",
+        "kept",
+        "embeddings: in",
+        "attention: in",
+        "MLP: in",
+        "norms: in",
+    ] {
+        assert!(
+            bytes.iter().any(|t| t == series),
+            "bytes chart lacks {series}: {bytes:?}"
+        );
+    }
+    let ratios = texts(&figure_svg(&html, "ratios"));
+    let t = &r["totals"];
+    for (name, key) in [
+        ("naive", "ratio_naive"),
+        ("predicted", "ratio_predicted"),
+        ("actual", "ratio_actual"),
+    ] {
+        let want = format!("{name} {:.2}x", t[key].as_f64().unwrap());
+        assert!(
+            ratios.contains(&want),
+            "ratio chart lacks {want}: {ratios:?}"
+        );
+    }
+    let errors = figure_svg(&html, "error-by-layer");
+    let quantized = t["tensors_quantized"].as_u64().unwrap() as usize;
+    assert_eq!(
+        errors.matches("<circle").count(),
+        quantized,
+        "one point per quantized tensor"
+    );
+    let sqnr = figure_svg(&html, "sqnr-histogram");
+    assert!(texts(&sqnr).iter().any(|t| t.contains("SQNR")));
+    assert!(
+        html.contains("model.layers.1.mlp.up_proj.weight"),
+        "the tables are in the page"
+    );
+
+    let vpage = dir.path().join("verify.html");
+    shrinkray()
+        .arg("verify")
+        .arg(&input)
+        .arg(&packed)
+        .arg("--report")
+        .arg(&vpage)
+        .assert()
+        .success();
+    let vhtml = std::fs::read_to_string(&vpage).unwrap();
+    assert!(vhtml.contains("PASS"));
+    assert_eq!(
+        figure_svg(&vhtml, "error-by-layer")
+            .matches("<circle")
+            .count(),
+        quantized
+    );
+    let vratios = texts(&figure_svg(&vhtml, "ratios"));
+    let actual = format!("actual {:.2}x", t["ratio_actual"].as_f64().unwrap());
+    assert!(vratios.contains(&actual), "{vratios:?}");
+}
