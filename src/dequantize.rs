@@ -11,7 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::decode::{decode_rows, read_items, Item, Quantized};
 use crate::engine::{from_f32, CHUNK_ELEMS};
 use crate::format::{layout, OutTensor, METADATA_KEY};
-use crate::writer::{resolve_outputs, write_small_file, PendingFile};
+use crate::writer::{resolve_outputs, write_index, PendingFile};
 use crate::{progress_bar, with_threads, Error, Result};
 
 /// Options of a dequantize run.
@@ -159,11 +159,7 @@ pub fn dequantize(
             .iter()
             .map(|l| l.total - l.header.len() as u64)
             .sum();
-        let mut metadata = index.metadata.clone();
-        metadata.insert("total_size".into(), data.into());
-        let json = serde_json::json!({ "metadata": metadata, "weight_map": weight_map });
-        let text = serde_json::to_string_pretty(&json).expect("index serializes") + "\n";
-        let p = write_small_file(index_path, text.as_bytes())?;
+        let p = write_index(index_path, &index.metadata, &weight_map, data)?;
         summary.outputs.push(p.display().to_string());
     }
     Ok(summary)

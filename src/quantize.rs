@@ -7,7 +7,7 @@ use crate::checkpoint::Checkpoint;
 use crate::engine::{self, Nonfinite};
 use crate::plan::{weight_map, Plan, Rules};
 use crate::report::{self, Measured, Report};
-use crate::writer::{resolve_outputs, write_small_file, PendingFile};
+use crate::writer::{resolve_outputs, write_index, PendingFile};
 use crate::{progress_bar, thread_count, with_threads, Result};
 use shrinkray_kernels::{selected_isa, Isa};
 
@@ -83,11 +83,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
             .iter()
             .map(|s| s.layout.total - s.layout.header.len() as u64)
             .sum();
-        let mut metadata = index.metadata.clone();
-        metadata.insert("total_size".into(), data.into());
-        let json = serde_json::json!({ "metadata": metadata, "weight_map": weight_map(&plan) });
-        let text = serde_json::to_string_pretty(&json).expect("index serializes") + "\n";
-        write_small_file(index_path, text.as_bytes())?;
+        write_index(index_path, &index.metadata, &weight_map(&plan), data)?;
     }
     let actual = written
         .iter()

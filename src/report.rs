@@ -26,6 +26,32 @@ pub struct ErrorSummary {
     pub zeroed_groups: u64,
 }
 
+impl ErrorSummary {
+    /// The one-line summary printed under report tables.
+    pub fn line(&self) -> String {
+        format!(
+            "RMSE {}, max abs {}, relative {}, SQNR {} dB",
+            sci(self.rmse),
+            sci(self.max_abs_error),
+            sci(self.rel_error),
+            db(self.sqnr_db.unwrap_or(f64::INFINITY))
+        )
+    }
+}
+
+/// Indices of the rows a table shows: all in order when there are at most
+/// `top`, else the `top` with the largest relative error. Also says whether rows were cut.
+pub fn worst_first(errors: &[Option<&ErrorSummary>], top: usize) -> (Vec<usize>, bool) {
+    let mut idx: Vec<usize> = (0..errors.len()).collect();
+    let cut = idx.len() > top;
+    if cut {
+        let key = |i: &usize| errors[*i].map_or(f64::NEG_INFINITY, |e| e.rel_error);
+        idx.sort_by(|a, b| key(b).total_cmp(&key(a)));
+        idx.truncate(top);
+    }
+    (idx, cut)
+}
+
 impl From<&ErrorStats> for ErrorSummary {
     fn from(s: &ErrorStats) -> Self {
         let sqnr = s.sqnr_db();
@@ -391,16 +417,8 @@ impl Report {
             self.threads,
             if self.threads == 1 { "" } else { "s" }
         ));
-        let mut idx: Vec<usize> = (0..self.tensors.len()).collect();
-        let cut = idx.len() > top;
-        if cut {
-            let key = |i: &usize| {
-                let r = &self.tensors[*i];
-                r.error.as_ref().map_or(f64::NEG_INFINITY, |e| e.rel_error)
-            };
-            idx.sort_by(|a, b| key(b).total_cmp(&key(a)));
-            idx.truncate(top);
-        }
+        let errors: Vec<_> = self.tensors.iter().map(|r| r.error.as_ref()).collect();
+        let (idx, cut) = worst_first(&errors, top);
         let mut table = Table::new(&[
             "tensor",
             "shape",
@@ -516,11 +534,8 @@ impl Report {
         ));
         if let Some(e) = &t.error {
             out.push_str(&format!(
-                "error over all quantized parameters: RMSE {}, max abs {}, relative {}, SQNR {} dB\n",
-                sci(e.rmse),
-                sci(e.max_abs_error),
-                sci(e.rel_error),
-                db(e.sqnr_db.unwrap_or(f64::INFINITY))
+                "error over all quantized parameters: {}\n",
+                e.line()
             ));
         }
         if let (Some(s), Some(g)) = (self.elapsed_s, self.throughput_gb_s) {

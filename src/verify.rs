@@ -14,7 +14,7 @@ use crate::checkpoint::Checkpoint;
 use crate::decode::{decode_rows, read_items, Item, Quantized};
 use crate::engine::{to_f32, CHUNK_ELEMS};
 use crate::format::METADATA_KEY;
-use crate::report::{shape_str, ErrorSummary, PieceBytes};
+use crate::report::{shape_str, worst_first, ErrorSummary, PieceBytes};
 use crate::units::{bytes, count, db, sci, Table};
 use crate::{with_threads, Error, Result};
 
@@ -296,18 +296,8 @@ impl VerifyReport {
     /// The human-readable report (at most `top` tensors, worst first when cut).
     pub fn render(&self, top: usize) -> String {
         let mut out = format!("verify {} against {}\n\n", self.packed, self.original);
-        let mut idx: Vec<usize> = (0..self.tensors.len()).collect();
-        let cut = idx.len() > top;
-        if cut {
-            let key = |i: &usize| {
-                self.tensors[*i]
-                    .error
-                    .as_ref()
-                    .map_or(f64::NEG_INFINITY, |e| e.rel_error)
-            };
-            idx.sort_by(|a, b| key(b).total_cmp(&key(a)));
-            idx.truncate(top);
-        }
+        let errors: Vec<_> = self.tensors.iter().map(|r| r.error.as_ref()).collect();
+        let (idx, cut) = worst_first(&errors, top);
         let mut t = Table::new(&[
             "tensor",
             "shape",
@@ -361,11 +351,8 @@ impl VerifyReport {
         ));
         if let Some(e) = &self.error {
             out.push_str(&format!(
-                "error over all quantized parameters: RMSE {}, max abs {}, relative {}, SQNR {} dB\n",
-                sci(e.rmse),
-                sci(e.max_abs_error),
-                sci(e.rel_error),
-                db(e.sqnr_db.unwrap_or(f64::INFINITY))
+                "error over all quantized parameters: {}\n",
+                e.line()
             ));
         }
         if self.passed {

@@ -241,3 +241,19 @@ pub fn write_small_file(path: &Path, bytes: &[u8]) -> Result<PathBuf, WriteError
     f.write_at(bytes, 0)?;
     f.finish()
 }
+
+/// Writes a sharded checkpoint's `model.safetensors.index.json`: the input
+/// index's `metadata` with `total_size` (tensor data bytes) replaced, and the
+/// `weight_map` from tensor name to shard file.
+pub fn write_index(
+    path: &Path,
+    metadata: &serde_json::Map<String, serde_json::Value>,
+    weight_map: &std::collections::BTreeMap<String, String>,
+    total_size: u64,
+) -> Result<PathBuf, WriteError> {
+    let mut metadata = metadata.clone();
+    metadata.insert("total_size".into(), total_size.into());
+    let json = serde_json::json!({ "metadata": metadata, "weight_map": weight_map });
+    let text = serde_json::to_string_pretty(&json).expect("index serializes") + "\n";
+    write_small_file(path, text.as_bytes())
+}
