@@ -125,6 +125,7 @@ pub fn dequantize(
             let file = &files[si];
             file.write_at(&layouts[si].header, 0)?;
             for (i, (item, out)) in list.iter().enumerate() {
+                crate::interrupt::check()?;
                 let at = layouts[si].offsets[i];
                 match item {
                     Item::Kept { entry, .. } => {
@@ -143,6 +144,7 @@ pub fn dequantize(
         Ok(())
     })??;
     pb.finish_and_clear();
+    crate::interrupt::check()?;
     for f in files {
         let p = f.finish()?;
         summary.bytes_written += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);

@@ -61,6 +61,9 @@ pub enum EngineError {
     /// Writing failed.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A SIGINT or SIGTERM arrived.
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
 }
 
 /// What the engine measured for one tensor.
@@ -90,6 +93,7 @@ pub fn run(
         let shard = &ckpt.shards[sp.input];
         file.write_at(&sp.layout.header, 0)?;
         for tp in &sp.tensors {
+            crate::interrupt::check()?;
             let data = shard.data(&tp.entry);
             let outcome = match &tp.action {
                 Action::Keep(_) => {
@@ -131,6 +135,7 @@ fn quantize_one(
         isa,
         progress,
     );
+    crate::interrupt::check()?;
     let stats = out.stats;
     let describe = || (shard.path.display().to_string(), tp.entry.name.clone());
     if stats.nonfinite > 0 && nonfinite == Nonfinite::Error {
@@ -242,6 +247,9 @@ pub fn quantize_tensor<'w>(
     let stats = jobs
         .into_par_iter()
         .map_init(Vec::new, |buf, (first, src, codes, scales, mins)| {
+            if crate::interrupt::requested().is_some() {
+                return ErrorStats::default(); // the caller checks and drops this tensor
+            }
             let x = source(isa, dtype, src, buf);
             let st = quantize_rows(
                 isa,

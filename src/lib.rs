@@ -21,6 +21,7 @@ pub mod estimate;
 pub mod format;
 pub mod html;
 pub mod inspect;
+pub mod interrupt;
 pub mod plan;
 pub mod quantize;
 pub mod report;
@@ -49,6 +50,9 @@ pub enum Error {
     /// A packed file breaks the format.
     #[error(transparent)]
     Format(#[from] decode::FormatError),
+    /// A SIGINT or SIGTERM stopped the run.
+    #[error(transparent)]
+    Interrupted(#[from] interrupt::Interrupted),
     /// Something else, described.
     #[error("{0}")]
     Other(String),

@@ -73,6 +73,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
     })??;
     pb.finish_and_clear();
 
+    crate::interrupt::check()?;
     let mut written = Vec::new();
     for f in files {
         written.push(f.finish()?);

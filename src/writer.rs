@@ -63,6 +63,7 @@ impl PendingFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        remove_stale_temporaries(&dir, &name);
         let tmp_path = dir.join(format!(".{name}{TMP_MARKER}-{}", std::process::id()));
         let file = OpenOptions::new()
             .read(true)
@@ -132,6 +133,30 @@ impl Drop for PendingFile {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// Removes temporaries of output `name` in `dir` left by shrinkray processes that no
+/// longer run (killed with SIGKILL, or by a power cut). Linux only (`/proc`); best effort.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{name}{TMP_MARKER}-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

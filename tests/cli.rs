@@ -677,3 +677,88 @@ fn html_reports_of_quantize_and_verify() {
     let actual = format!("actual {:.2}x", t["ratio_actual"].as_f64().unwrap());
     assert!(vratios.contains(&actual), "{vratios:?}");
 }
+
+/// A 64 MiB F32 checkpoint: large enough that quantizing it (debug build) outlasts a signal.
+fn big_checkpoint(dir: &Path) -> PathBuf {
+    let path = dir.join("big.safetensors");
+    let (rows, k) = (4096, 4096);
+    let bytes = shrinkray::bench::synthetic(rows * k, safetensors::Dtype::F32);
+    shrinkray::synth::write(
+        &path,
+        &[("w".into(), safetensors::Dtype::F32, vec![rows, k], bytes)],
+        &[],
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn sigint_and_sigterm_stop_cleanly_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = big_checkpoint(dir.path());
+    let before = std::fs::read(&input).unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("shrinkray"))
+            .env("SHRINKRAY_ISA", "scalar") // the slowest path: the run is certainly still going
+            .arg("quantize")
+            .arg(&input)
+            .arg("-o")
+            .arg(out_dir.join("q.safetensors"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the temporary output: the engine is running.
+        let start = std::time::Instant::now();
+        while listing(&out_dir).is_empty() {
+            assert!(
+                start.elapsed().as_secs() < 30,
+                "no temporary output appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "SIG{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by SIG{signal}")),
+            "{stderr}"
+        );
+        assert!(
+            listing(&out_dir).is_empty(),
+            "SIG{signal} left {:?}",
+            listing(&out_dir)
+        );
+    }
+    assert!(std::fs::read(&input).unwrap() == before, "input untouched");
+}
+
+#[test]
+fn stale_temporaries_of_dead_runs_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a SIGKILLed run leaves: a temporary named after a process that no longer exists.
+    let stale = dir.path().join(".q.safetensors.shrinkray-tmp-4194999");
+    std::fs::write(&stale, b"half a file").unwrap();
+    let unrelated = dir.path().join(".other.safetensors.shrinkray-tmp-4194999");
+    std::fs::write(&unrelated, b"another output's").unwrap();
+    shrinkray()
+        .arg("quantize")
+        .arg(fixture("odd-shapes.safetensors"))
+        .arg("-o")
+        .arg(dir.path().join("q.safetensors"))
+        .assert()
+        .success();
+    assert!(!stale.exists());
+    assert!(
+        unrelated.exists(),
+        "only this output's temporaries are touched"
+    );
+}
