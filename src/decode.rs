@@ -219,27 +219,35 @@ pub fn decode_rows(
     }
     let p = fmt.code_bytes_per_row(k);
     let g = fmt.groups_per_row(k);
+    let asym = !fmt.scheme.symmetric();
     for (r, row) in out.chunks_exact_mut(k).enumerate() {
-        for (j, w) in row.iter_mut().enumerate() {
-            let gi = r * g + j / fmt.group;
+        // Scale and min are read once per group, not once per element.
+        for (gj, group) in row.chunks_mut(fmt.group).enumerate() {
+            let gi = r * g + gj;
             let scale = scale_at(fmt.scale_dtype, scales, gi);
-            let c = if fmt.scheme.bits() == 8 {
-                codes[r * p + j]
+            let min = if asym {
+                scale_at(fmt.scale_dtype, mins, gi)
             } else {
-                let byte = codes[r * p + j / 2];
-                if j % 2 == 0 {
-                    byte & 0x0F
+                0.0
+            };
+            for (jj, w) in group.iter_mut().enumerate() {
+                let j = gj * fmt.group + jj;
+                let c = if fmt.scheme.bits() == 8 {
+                    codes[r * p + j]
                 } else {
-                    byte >> 4
-                }
-            };
-            *w = match fmt.scheme {
-                Scheme::Int8Sym => f32::from(c as i8) * scale,
-                Scheme::Int4Sym => (f32::from(c) - 8.0) * scale,
-                Scheme::Int8Asym | Scheme::Int4Asym => {
-                    f32::from(c) * scale + scale_at(fmt.scale_dtype, mins, gi)
-                }
-            };
+                    let byte = codes[r * p + j / 2];
+                    if j % 2 == 0 {
+                        byte & 0x0F
+                    } else {
+                        byte >> 4
+                    }
+                };
+                *w = match fmt.scheme {
+                    Scheme::Int8Sym => f32::from(c as i8) * scale,
+                    Scheme::Int4Sym => (f32::from(c) - 8.0) * scale,
+                    Scheme::Int8Asym | Scheme::Int4Asym => f32::from(c) * scale + min,
+                };
+            }
         }
     }
 }

@@ -516,11 +516,6 @@ impl ByteTotals {
     }
 }
 
-/// The naive ratio of one tensor: source bits per weight over code bits.
-pub fn naive_ratio(dtype: Dtype, bits: u32) -> f64 {
-    dtype.bitsize() as f64 / bits as f64
-}
-
 /// Scale dtype by name for the command line.
 pub fn parse_scale_dtype(s: &str) -> Result<ScaleDtype, String> {
     match s.to_ascii_lowercase().as_str() {

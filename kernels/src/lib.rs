@@ -110,26 +110,6 @@ impl ScaleDtype {
             ScaleDtype::F32 => "F32",
         }
     }
-
-    /// Rounds `v` to the nearest value of this type (ties to even), as an f32.
-    #[inline]
-    pub fn round(self, v: f32) -> f32 {
-        match self {
-            ScaleDtype::F16 => half::f16::from_f32(v).to_f32(),
-            ScaleDtype::BF16 => half::bf16::from_f32(v).to_f32(),
-            ScaleDtype::F32 => v,
-        }
-    }
-
-    /// Writes `v` (already representable in this type) as little-endian bytes.
-    #[inline]
-    pub fn encode(self, v: f32, out: &mut [u8]) {
-        match self {
-            ScaleDtype::F16 => out.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
-            ScaleDtype::BF16 => out.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
-            ScaleDtype::F32 => out.copy_from_slice(&v.to_le_bytes()),
-        }
-    }
 }
 
 impl fmt::Display for ScaleDtype {
