@@ -8,7 +8,7 @@
 
 use plotters::prelude::*;
 
-use crate::report::{PieceBytes, Report};
+use crate::report::{ErrorSummary, PieceBytes, Report};
 use crate::verify::VerifyReport;
 
 /// One tensor, as the charts see it.
@@ -24,6 +24,24 @@ pub struct ChartTensor {
     pub rel_error: Option<f64>,
     /// SQNR in dB (`Some(inf)` when exact).
     pub sqnr_db: Option<f64>,
+}
+
+impl ChartTensor {
+    /// A chart row from a report row's fields.
+    pub fn new(
+        name: &str,
+        input_bytes: u64,
+        bytes: PieceBytes,
+        error: Option<&ErrorSummary>,
+    ) -> Self {
+        ChartTensor {
+            name: name.to_string(),
+            input_bytes,
+            bytes,
+            rel_error: error.map(|e| e.rel_error),
+            sqnr_db: error.map(|e| e.sqnr_db.unwrap_or(f64::INFINITY)),
+        }
+    }
 }
 
 /// Everything the page shows.
@@ -123,13 +141,7 @@ impl From<&Report> for ChartData {
             tensors: r
                 .tensors
                 .iter()
-                .map(|t| ChartTensor {
-                    name: t.name.clone(),
-                    input_bytes: t.input_bytes,
-                    bytes: t.bytes,
-                    rel_error: t.error.as_ref().map(|e| e.rel_error),
-                    sqnr_db: t.error.as_ref().map(|e| e.sqnr_db.unwrap_or(f64::INFINITY)),
-                })
+                .map(|t| ChartTensor::new(&t.name, t.input_bytes, t.bytes, t.error.as_ref()))
                 .collect(),
             ratios,
             text: r.render(usize::MAX),
@@ -156,13 +168,7 @@ impl From<&VerifyReport> for ChartData {
             tensors: r
                 .tensors
                 .iter()
-                .map(|t| ChartTensor {
-                    name: t.name.clone(),
-                    input_bytes: t.input_bytes,
-                    bytes: t.bytes,
-                    rel_error: t.error.as_ref().map(|e| e.rel_error),
-                    sqnr_db: t.error.as_ref().map(|e| e.sqnr_db.unwrap_or(f64::INFINITY)),
-                })
+                .map(|t| ChartTensor::new(&t.name, t.input_bytes, t.bytes, t.error.as_ref()))
                 .collect(),
             ratios: vec![
                 (
