@@ -46,8 +46,18 @@ fn bench(c: &mut Criterion) {
                 let mut ws = Workspace::default();
                 g.bench_function(id, |b| {
                     b.iter(|| {
-                        quantize_tensor(&mut ws, black_box(&bytes), dtype, ROWS, K, &f, isa, &pb)
-                            .stats
+                        quantize_tensor(
+                            &mut ws,
+                            black_box(&bytes),
+                            dtype,
+                            ROWS,
+                            K,
+                            &f,
+                            isa,
+                            &pb,
+                            &|_| {},
+                        )
+                        .stats
                     })
                 });
             }

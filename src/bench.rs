@@ -243,6 +243,7 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                                     &f,
                                     isa,
                                     &hidden,
+                                    &|_| {},
                                 )
                                 .stats
                             });

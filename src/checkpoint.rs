@@ -1,16 +1,19 @@
 //! Opening checkpoints: one `.safetensors` file, or a sharded Hugging Face
 //! checkpoint described by `model.safetensors.index.json`.
 //!
-//! Every header (and the index) is validated before anything else happens;
-//! tensors are then handed out as borrowed views into memory-mapped files.
-//! Nothing here copies tensor data.
+//! Every header (and the index) is validated before anything else happens.
+//! Tensors are then handed out as borrowed views into memory-mapped files, or,
+//! with [`ReadMode::Read`] (`--no-mmap`), read one at a time into a buffer.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::SafeTensorError;
+use safetensors::tensor::{Metadata, SafeTensorError};
 use safetensors::{Dtype, SafeTensors};
 
 /// The index file name of a sharded Hugging Face checkpoint.
@@ -85,7 +88,25 @@ impl TensorEntry {
     }
 }
 
-/// One memory-mapped safetensors file whose header has been validated.
+/// How tensor data is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Memory-map every file (the default: no copy, the page cache is the buffer).
+    #[default]
+    Map,
+    /// Plain `pread`s into a buffer, one tensor at a time (`--no-mmap`): a file
+    /// truncated under us gives an I/O error instead of SIGBUS.
+    Read,
+}
+
+/// Where a shard's bytes come from.
+#[derive(Debug)]
+enum Source {
+    Map(Mmap),
+    Read(File),
+}
+
+/// One safetensors file whose header has been validated.
 #[derive(Debug)]
 pub struct Shard {
     /// Where the file is.
@@ -100,12 +121,12 @@ pub struct Shard {
     pub metadata: BTreeMap<String, String>,
     /// The tensors, in file order.
     pub tensors: Vec<TensorEntry>,
-    map: Mmap,
+    source: Source,
 }
 
 impl Shard {
-    /// Maps and validates one safetensors file.
-    pub fn open(path: &Path) -> Result<Shard> {
+    /// Opens (maps, by default) and validates one safetensors file.
+    pub fn open(path: &Path, mode: ReadMode) -> Result<Shard> {
         let io = |what| {
             move |source| CheckpointError::Io {
                 path: path.to_path_buf(),
@@ -121,15 +142,27 @@ impl Shard {
                 reason: "not a regular file".into(),
             });
         }
-        // SAFETY: the map is read-only and private to this process. The file
-        // must not be truncated or rewritten while shrinkray runs (README,
-        // "mmap hazards"); shrinkray itself never writes to an input path.
-        let map = unsafe { Mmap::map(&file) }.map_err(io("cannot memory-map"))?;
-        let (n, header) =
-            SafeTensors::read_metadata(&map).map_err(|e| CheckpointError::Header {
-                path: path.to_path_buf(),
-                reason: explain(&e, map.len()),
-            })?;
+        let file_len = meta.len();
+        let bad = |e: SafeTensorError| CheckpointError::Header {
+            path: path.to_path_buf(),
+            reason: explain(&e, file_len),
+        };
+        let (source, n, header) = match mode {
+            ReadMode::Map => {
+                // SAFETY: the map is read-only and private to this process. The file
+                // must not be truncated or rewritten while shrinkray runs (README,
+                // "mmap hazards"); shrinkray itself never writes to an input path.
+                let map = unsafe { Mmap::map(&file) }.map_err(io("cannot memory-map"))?;
+                let (n, header) = SafeTensors::read_metadata(&map).map_err(bad)?;
+                (Source::Map(map), n, header)
+            }
+            ReadMode::Read => {
+                let (n, header) = read_header(&file, file_len)
+                    .map_err(io("cannot read"))?
+                    .map_err(bad)?;
+                (Source::Read(file), n, header)
+            }
+        };
         let data_start = 8 + n;
         let mut tensors = Vec::new();
         for name in header.offset_keys() {
@@ -153,17 +186,60 @@ impl Shard {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             path: path.to_path_buf(),
-            file_len: map.len() as u64,
+            file_len,
             header_len: data_start as u64,
             metadata,
             tensors,
-            map,
+            source,
         })
     }
 
-    /// The bytes of a tensor of this shard.
-    pub fn data(&self, t: &TensorEntry) -> &[u8] {
-        &self.map[t.start..t.end]
+    /// The bytes of a tensor of this shard: borrowed from the map, or read now.
+    pub fn data(&self, t: &TensorEntry) -> Result<Cow<'_, [u8]>> {
+        match &self.source {
+            Source::Map(m) => Ok(Cow::Borrowed(&m[t.start..t.end])),
+            Source::Read(f) => {
+                let mut buf = vec![0; t.nbytes()];
+                f.read_exact_at(&mut buf, t.start as u64)
+                    .map_err(|source| CheckpointError::Io {
+                        path: self.path.clone(),
+                        what: "cannot read tensor data (was the file changed?)",
+                        source,
+                    })?;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+
+    /// Drops this process's mapping of the pages under `bytes` (a slice that
+    /// [`Shard::data`] returned) once they have been used, so that reading a
+    /// checkpoint of any size does not grow the resident set: the pages stay in
+    /// the page cache, and touching them again maps them again. No-op for reads.
+    pub fn release(&self, bytes: &[u8]) {
+        let Source::Map(m) = &self.source else {
+            return;
+        };
+        let base = m.as_ptr() as usize;
+        let at = bytes.as_ptr() as usize;
+        if bytes.is_empty() || at < base || at + bytes.len() > base + m.len() {
+            return;
+        }
+        // Page faults map the pages around the faulting one too ("fault-around",
+        // 64 KiB by default), so a neighbour that finished earlier may have had
+        // some of its pages mapped again: release a margin on both sides.
+        const MARGIN: usize = 64 << 10;
+        let page = rustix::param::page_size();
+        let start = (at - base).saturating_sub(MARGIN) / page * page;
+        let end = (at - base + bytes.len() + MARGIN)
+            .next_multiple_of(page)
+            .min(m.len());
+        // SAFETY: the map is a read-only private file mapping that is never
+        // written, so MADV_DONTNEED only unmaps pages: a later access faults the
+        // same file bytes back in, and any slice still borrowed from the map
+        // keeps reading the same contents. The range lies inside the map.
+        let _ = unsafe {
+            m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
     }
 
     /// The tensor called `name`, if any.
@@ -172,8 +248,46 @@ impl Shard {
     }
 }
 
+/// Reads and validates a header with plain reads, making every check
+/// `SafeTensors::read_metadata` makes on a mapped file. Allocates at most the
+/// header length, after checking it against the 100 MB cap and the file size.
+fn read_header(
+    mut file: &File,
+    file_len: u64,
+) -> std::io::Result<std::result::Result<(usize, Metadata), SafeTensorError>> {
+    const CAP: u64 = 100_000_000;
+    let mut len = [0u8; 8];
+    if file_len < 8 {
+        return Ok(Err(SafeTensorError::HeaderTooSmall));
+    }
+    file.read_exact(&mut len)?;
+    let n = u64::from_le_bytes(len);
+    if n > CAP {
+        return Ok(Err(SafeTensorError::HeaderTooLarge));
+    }
+    if 8 + n > file_len {
+        return Ok(Err(SafeTensorError::InvalidHeaderLength));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)?;
+    let text = match std::str::from_utf8(&header) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(SafeTensorError::InvalidHeader(e))),
+    };
+    // `Metadata`'s deserializer runs the same offset and size validation as
+    // `read_metadata`; its errors arrive as JSON errors carrying that message.
+    let meta: Metadata = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(SafeTensorError::InvalidHeaderDeserialization(e))),
+    };
+    if 8 + n + meta.data_len() as u64 != file_len {
+        return Ok(Err(SafeTensorError::MetadataIncompleteBuffer));
+    }
+    Ok(Ok((n as usize, meta)))
+}
+
 /// Turns a safetensors error into the rule it names.
-fn explain(e: &SafeTensorError, file_len: usize) -> String {
+fn explain(e: &SafeTensorError, file_len: u64) -> String {
     use SafeTensorError::*;
     match e {
         HeaderTooSmall => format!("file is {file_len} bytes, too short for the 8-byte header length"),
@@ -220,6 +334,11 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Opens a `.safetensors` file, an index file, or a directory holding one of them.
     pub fn open(path: &Path) -> Result<Checkpoint> {
+        Self::open_with(path, ReadMode::Map)
+    }
+
+    /// [`Checkpoint::open`], reading tensor data as `mode` says.
+    pub fn open_with(path: &Path, mode: ReadMode) -> Result<Checkpoint> {
         let meta = std::fs::metadata(path).map_err(|source| CheckpointError::Io {
             path: path.to_path_buf(),
             what: "cannot open",
@@ -228,36 +347,36 @@ impl Checkpoint {
         if meta.is_dir() {
             let index = path.join(INDEX_FILE);
             if index.is_file() {
-                return Self::open_index(path, &index);
+                return Self::open_index(path, &index, mode);
             }
             let single = path.join(SINGLE_FILE);
             if single.is_file() {
-                return Self::open_single(path, &single);
+                return Self::open_single(path, &single, mode);
             }
             let found = safetensors_files(path)?;
             return match found.as_slice() {
-                [only] => Self::open_single(path, only),
+                [only] => Self::open_single(path, only, mode),
                 _ => Err(CheckpointError::NotFound {
                     path: path.to_path_buf(),
                 }),
             };
         }
         if path.extension().is_some_and(|e| e == "json") {
-            Self::open_index(path, path)
+            Self::open_index(path, path, mode)
         } else {
-            Self::open_single(path, path)
+            Self::open_single(path, path, mode)
         }
     }
 
-    fn open_single(given: &Path, file: &Path) -> Result<Checkpoint> {
+    fn open_single(given: &Path, file: &Path, mode: ReadMode) -> Result<Checkpoint> {
         Ok(Checkpoint {
             path: given.to_path_buf(),
             index: None,
-            shards: vec![Shard::open(file)?],
+            shards: vec![Shard::open(file, mode)?],
         })
     }
 
-    fn open_index(given: &Path, index_path: &Path) -> Result<Checkpoint> {
+    fn open_index(given: &Path, index_path: &Path, mode: ReadMode) -> Result<Checkpoint> {
         let bad = |reason: String| CheckpointError::Index {
             path: index_path.to_path_buf(),
             reason,
@@ -306,7 +425,7 @@ impl Checkpoint {
             if !shard_path.is_file() {
                 return Err(bad(format!("shard `{file}` is missing")));
             }
-            let shard = Shard::open(&shard_path)?;
+            let shard = Shard::open(&shard_path, mode)?;
             for name in names {
                 if shard.tensor(name).is_none() {
                     return Err(bad(format!(

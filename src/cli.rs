@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use regex::Regex;
 use safetensors::Dtype;
 use shrinkray::bench::{self, BenchOptions};
+use shrinkray::checkpoint::ReadMode;
 use shrinkray::dequantize::{dequantize, DequantizeOptions};
 use shrinkray::engine::Nonfinite;
 use shrinkray::estimate::{estimate, parse_params, EstimateOptions, Subject};
@@ -166,6 +167,9 @@ pub struct QuantizeArgs {
     /// Replace existing output files.
     #[arg(long)]
     pub force: bool,
+    /// Read the input with plain reads, one tensor at a time, instead of memory-mapping it.
+    #[arg(long)]
+    pub no_mmap: bool,
     /// Tensors in the table (worst relative error first when there are more).
     #[arg(long, default_value_t = 30)]
     pub top: usize,
@@ -273,6 +277,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     scale_dtype: a.scale_dtype,
                     keep: a.keep,
                     overrides: a.overrides,
+                    ..Rules::default()
                 },
                 threads: a.threads,
                 nonfinite: if a.nonfinite == "zero" {
@@ -282,6 +287,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 force: a.force,
                 progress: !a.quiet && !a.out.json,
+                read_mode: if a.no_mmap {
+                    ReadMode::Read
+                } else {
+                    ReadMode::Map
+                },
             };
             let report = if a.dry_run {
                 dry_run(&a.input, a.output.as_deref(), &opts)?

@@ -129,11 +129,11 @@ pub fn dequantize(
                 let at = layouts[si].offsets[i];
                 match item {
                     Item::Kept { entry, .. } => {
-                        file.write_at(ckpt.shards[si].data(entry), at)?;
+                        file.write_at(&ckpt.shards[si].data(entry)?, at)?;
                         summary.tensors_copied += 1;
                     }
                     Item::Quantized(q) => {
-                        let bytes = restore(&ckpt, q, out.dtype);
+                        let bytes = restore(&ckpt, q, out.dtype)?;
                         file.write_at(&bytes, at)?;
                         summary.tensors_restored += 1;
                     }
@@ -168,10 +168,13 @@ pub fn dequantize(
 }
 
 /// Decodes one quantized tensor into `dtype` bytes, in parallel over row chunks.
-fn restore(ckpt: &Checkpoint, q: &Quantized, dtype: Dtype) -> Vec<u8> {
+fn restore(ckpt: &Checkpoint, q: &Quantized, dtype: Dtype) -> Result<Vec<u8>> {
     let shard = &ckpt.shards[q.shard];
-    let (codes, scales) = (shard.data(q.codes), shard.data(q.scales));
-    let mins = q.mins.map(|m| shard.data(m)).unwrap_or(&[]);
+    let (codes, scales) = (shard.data(q.codes)?, shard.data(q.scales)?);
+    let mins = match q.mins {
+        Some(m) => shard.data(m)?,
+        None => std::borrow::Cow::Borrowed(&[][..]),
+    };
     let (p, s, m) = (
         q.fmt.code_bytes_per_row(q.k),
         q.fmt.scale_bytes_per_row(q.k),
@@ -196,5 +199,5 @@ fn restore(ckpt: &Checkpoint, q: &Quantized, dtype: Dtype) -> Vec<u8> {
             );
             from_f32(dtype, buf, chunk);
         });
-    out
+    Ok(out)
 }

@@ -12,10 +12,10 @@ use half::{bf16, f16};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use safetensors::Dtype;
-use shrinkray_kernels::{quantize_rows, ErrorStats, Isa, QuantFormat, RowsOut, Src};
+use shrinkray_kernels::{quantize_rows, ErrorStats, Isa, QuantFormat, RowsOut, ScaleDtype, Src};
 
-use crate::checkpoint::{Checkpoint, Shard};
-use crate::plan::{Action, Plan, TensorPlan};
+use crate::checkpoint::Checkpoint;
+use crate::plan::{Action, Plan};
 use crate::writer::{PendingFile, WriteError};
 
 /// Elements per work item: large enough to amortise scheduling, small enough for L2.
@@ -46,8 +46,8 @@ pub enum EngineError {
         /// How many.
         count: u64,
     },
-    /// Scales or mins do not fit the scale dtype.
-    #[error("{file}: tensor `{tensor}`: {groups} group(s) need a scale or min beyond the range of {scale_dtype}; use --scale-dtype f32")]
+    /// Scales or mins do not fit even F32 (a group spans more than f32's range).
+    #[error("{file}: tensor `{tensor}`: {groups} group(s) need a scale or min beyond the range of F32 (values near ±3.4e38); such a tensor cannot be quantized, keep it with --keep")]
     ScaleOverflow {
         /// The input file.
         file: String,
@@ -55,9 +55,10 @@ pub enum EngineError {
         tensor: String,
         /// Groups concerned.
         groups: u64,
-        /// The scale dtype.
-        scale_dtype: String,
     },
+    /// Reading failed.
+    #[error(transparent)]
+    Read(#[from] crate::checkpoint::CheckpointError),
     /// Writing failed.
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -75,10 +76,53 @@ pub struct TensorOutcome {
     pub written: u64,
 }
 
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    /// Every tensor was written; one outcome per tensor, in plan order.
+    Done(Vec<TensorOutcome>),
+    /// These tensors have groups whose scale or min overflows the scale dtype,
+    /// or rounds to zero in it: their scales must be stored in F32, so the plan
+    /// (and every offset after them) changes. The files written are incomplete.
+    WidenScales(Vec<Widened>),
+}
+
+/// A tensor whose scales must be stored in F32, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Widened {
+    /// The tensor.
+    pub name: String,
+    /// The scale dtype that was too narrow.
+    pub from: ScaleDtype,
+    /// Groups whose scale or min overflowed it.
+    pub overflowed_groups: u64,
+    /// Non-constant groups whose scale rounded to zero in it.
+    pub zeroed_groups: u64,
+}
+
+impl Widened {
+    /// One line for the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: scales stored in F32, not {}: {} group(s) beyond its range, {} whose scale rounds to 0 in it",
+            self.name,
+            self.from.name(),
+            self.overflowed_groups,
+            self.zeroed_groups
+        )
+    }
+}
+
+/// Why a tensor's scales cannot stay in `fmt.scale_dtype`, if they cannot.
+pub fn needs_wide_scales(fmt: &QuantFormat, stats: &ErrorStats) -> bool {
+    fmt.scale_dtype != ScaleDtype::F32 && (stats.overflowed_groups > 0 || stats.zeroed_groups > 0)
+}
+
 /// Runs `plan` over `ckpt` with kernels `isa`, writing shard `i` of the plan into `files[i]`.
 ///
-/// Returns one outcome per tensor, in plan order. `progress` advances by
-/// input bytes.
+/// `progress` advances by input bytes. When a tensor needs F32 scales, the
+/// run goes on quantizing (to find every such tensor in one pass) but stops
+/// writing, and returns [`RunOutcome::WidenScales`].
 pub fn run(
     ckpt: &Checkpoint,
     plan: &Plan,
@@ -86,18 +130,27 @@ pub fn run(
     isa: Isa,
     nonfinite: Nonfinite,
     progress: &ProgressBar,
-) -> Result<Vec<TensorOutcome>, EngineError> {
+) -> Result<RunOutcome, EngineError> {
     let mut outcomes = Vec::new();
+    let mut widen = Vec::new();
     let mut ws = Workspace::default();
     for (sp, file) in plan.shards.iter().zip(files) {
         let shard = &ckpt.shards[sp.input];
-        file.write_at(&sp.layout.header, 0)?;
+        let write = |bytes: &[u8], offset: u64, widen: &[Widened]| {
+            if widen.is_empty() {
+                file.write_at(bytes, offset)
+            } else {
+                Ok(())
+            }
+        };
+        write(&sp.layout.header, 0, &widen)?;
         for tp in &sp.tensors {
             crate::interrupt::check()?;
-            let data = shard.data(&tp.entry);
+            let data = shard.data(&tp.entry)?;
             let outcome = match &tp.action {
                 Action::Keep(_) => {
-                    file.write_at(data, tp.pieces[0].offset)?;
+                    write(&data, tp.pieces[0].offset, &widen)?;
+                    shard.release(&data);
                     progress.inc(data.len() as u64);
                     TensorOutcome {
                         stats: None,
@@ -105,66 +158,64 @@ pub fn run(
                     }
                 }
                 Action::Quantize(fmt) => {
-                    quantize_one(&mut ws, shard, tp, fmt, file, isa, nonfinite, progress)?
+                    let (path, name) = (shard.path.display(), &tp.entry.name);
+                    let out = quantize_tensor(
+                        &mut ws,
+                        &data,
+                        tp.entry.dtype,
+                        tp.rows,
+                        tp.k,
+                        fmt,
+                        isa,
+                        progress,
+                        &|b| shard.release(b),
+                    );
+                    shard.release(&data);
+                    crate::interrupt::check()?;
+                    let stats = out.stats;
+                    if stats.nonfinite > 0 && nonfinite == Nonfinite::Error {
+                        return Err(EngineError::Nonfinite {
+                            file: path.to_string(),
+                            tensor: name.clone(),
+                            index: stats.first_nonfinite.unwrap_or(0),
+                            count: stats.nonfinite,
+                        });
+                    }
+                    if needs_wide_scales(fmt, &stats) {
+                        widen.push(Widened {
+                            name: name.clone(),
+                            from: fmt.scale_dtype,
+                            overflowed_groups: stats.overflowed_groups,
+                            zeroed_groups: stats.zeroed_groups,
+                        });
+                        continue;
+                    }
+                    if stats.overflowed_groups > 0 {
+                        return Err(EngineError::ScaleOverflow {
+                            file: path.to_string(),
+                            tensor: name.clone(),
+                            groups: stats.overflowed_groups,
+                        });
+                    }
+                    let mut written = 0;
+                    for (piece, bytes) in tp.pieces.iter().zip([out.codes, out.scales, out.mins]) {
+                        debug_assert_eq!(piece.nbytes, bytes.len() as u64);
+                        write(bytes, piece.offset, &widen)?;
+                        written += bytes.len() as u64;
+                    }
+                    TensorOutcome {
+                        stats: Some(stats),
+                        written,
+                    }
                 }
             };
             outcomes.push(outcome);
         }
     }
-    Ok(outcomes)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn quantize_one(
-    ws: &mut Workspace,
-    shard: &Shard,
-    tp: &TensorPlan,
-    fmt: &QuantFormat,
-    file: &PendingFile,
-    isa: Isa,
-    nonfinite: Nonfinite,
-    progress: &ProgressBar,
-) -> Result<TensorOutcome, EngineError> {
-    let out = quantize_tensor(
-        ws,
-        shard.data(&tp.entry),
-        tp.entry.dtype,
-        tp.rows,
-        tp.k,
-        fmt,
-        isa,
-        progress,
-    );
-    crate::interrupt::check()?;
-    let stats = out.stats;
-    let describe = || (shard.path.display().to_string(), tp.entry.name.clone());
-    if stats.nonfinite > 0 && nonfinite == Nonfinite::Error {
-        let (file, tensor) = describe();
-        return Err(EngineError::Nonfinite {
-            file,
-            tensor,
-            index: stats.first_nonfinite.unwrap_or(0),
-            count: stats.nonfinite,
-        });
-    }
-    if stats.overflowed_groups > 0 {
-        let (file, tensor) = describe();
-        return Err(EngineError::ScaleOverflow {
-            file,
-            tensor,
-            groups: stats.overflowed_groups,
-            scale_dtype: fmt.scale_dtype.name().into(),
-        });
-    }
-    let mut written = 0;
-    for (piece, bytes) in tp.pieces.iter().zip([out.codes, out.scales, out.mins]) {
-        debug_assert_eq!(piece.nbytes, bytes.len() as u64);
-        file.write_at(bytes, piece.offset)?;
-        written += bytes.len() as u64;
-    }
-    Ok(TensorOutcome {
-        stats: Some(stats),
-        written,
+    Ok(if widen.is_empty() {
+        RunOutcome::Done(outcomes)
+    } else {
+        RunOutcome::WidenScales(widen)
     })
 }
 
@@ -201,7 +252,8 @@ pub struct TensorOutput<'w> {
 /// Quantizes a whole tensor of `rows × k` elements of `dtype` held in `data`,
 /// with kernels `isa`, into `ws`.
 ///
-/// Runs on the current rayon pool; `progress` advances by input bytes.
+/// Runs on the current rayon pool; `progress` advances by input bytes, and
+/// `release` gets each piece of `data` once it has been read.
 #[allow(clippy::too_many_arguments)]
 pub fn quantize_tensor<'w>(
     ws: &'w mut Workspace,
@@ -212,6 +264,7 @@ pub fn quantize_tensor<'w>(
     fmt: &QuantFormat,
     isa: Isa,
     progress: &ProgressBar,
+    release: &(dyn Fn(&[u8]) + Sync),
 ) -> TensorOutput<'w> {
     let (cb, sb, mb) = (
         fmt.code_bytes_per_row(k),
@@ -263,6 +316,7 @@ pub fn quantize_tensor<'w>(
                 },
             );
             progress.inc(src.len() as u64);
+            release(src);
             let mut at = ErrorStats::default();
             at.merge(&st, first);
             at

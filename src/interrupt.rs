@@ -30,11 +30,18 @@ fn signal_name(s: i32) -> &'static str {
     }
 }
 
-/// Installs the handlers for SIGINT and SIGTERM (the binary calls this once).
+/// Installs the handlers for SIGINT and SIGTERM (the binary calls this once),
+/// and one for SIGXFSZ, whose default action would kill the process when an
+/// output passes the file-size limit (`ulimit -f`): with a handler installed
+/// the write fails with EFBIG instead, and the writer reports it and cleans up.
 pub fn install() -> std::io::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_usize(sig, &STOP, sig as usize)?;
     }
+    static FSIZE: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::OnceLock::new();
+    let seen = FSIZE.get_or_init(Default::default).clone();
+    signal_hook::flag::register(signal_hook::consts::SIGXFSZ, seen)?;
     Ok(())
 }
 

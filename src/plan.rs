@@ -5,7 +5,7 @@
 //! writer emits the final header first and `--dry-run` predicts the output
 //! of a checkpoint of any size in milliseconds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -101,6 +101,9 @@ pub struct Rules {
     pub keep: Vec<Regex>,
     /// Per-tensor schemes; the last matching one wins.
     pub overrides: Vec<Override>,
+    /// Tensors whose scales and mins are stored in F32 whatever `scale_dtype`
+    /// says: a first pass found groups beyond the range of `scale_dtype`.
+    pub wide_scales: BTreeSet<String>,
 }
 
 impl Default for Rules {
@@ -111,6 +114,7 @@ impl Default for Rules {
             scale_dtype: ScaleDtype::F16,
             keep: Vec::new(),
             overrides: Vec::new(),
+            wide_scales: BTreeSet::new(),
         }
     }
 }
@@ -446,7 +450,11 @@ pub fn decide(t: &TensorEntry, rules: &Rules) -> Action {
             GroupSize::Fixed(g) => g,
             GroupSize::Row => k,
         },
-        scale_dtype: rules.scale_dtype,
+        scale_dtype: if rules.wide_scales.contains(&t.name) {
+            ScaleDtype::F32
+        } else {
+            rules.scale_dtype
+        },
     })
 }
 

@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::checkpoint::Checkpoint;
-use crate::engine::{self, Nonfinite};
+use crate::checkpoint::{Checkpoint, ReadMode};
+use crate::engine::{self, Nonfinite, RunOutcome};
 use crate::plan::{weight_map, Plan, Rules};
 use crate::report::{self, Measured, Report};
-use crate::writer::{resolve_outputs, write_index, PendingFile};
+use crate::writer::{free_space, parent_dir, resolve_outputs, write_index, PendingFile};
 use crate::{progress_bar, thread_count, with_threads, Result};
 use shrinkray_kernels::{selected_isa, Isa};
 
@@ -24,6 +24,8 @@ pub struct QuantizeOptions {
     pub force: bool,
     /// Show a progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// How input data is read (`--no-mmap`: plain reads).
+    pub read_mode: ReadMode,
 }
 
 /// The kernels to use: `SHRINKRAY_ISA` when set, else the fastest this CPU runs.
@@ -35,13 +37,28 @@ pub fn isa() -> Result<Isa> {
 ///
 /// When `output` is given, it is checked as a real run would check it.
 pub fn dry_run(input: &Path, output: Option<&Path>, opts: &QuantizeOptions) -> Result<Report> {
-    let ckpt = Checkpoint::open(input)?;
+    let ckpt = Checkpoint::open_with(input, opts.read_mode)?;
     let plan = Plan::build(&ckpt, &opts.rules)?;
     let names = shard_names(&plan);
+    let mut warnings = Vec::new();
     if let Some(out) = output {
-        resolve_outputs(&ckpt, &names, out, opts.force, true)?;
+        let paths = resolve_outputs(&ckpt, &names, out, opts.force, true)?;
+        let dir = paths.files.first().map(|f| parent_dir(f));
+        let dir = match dir {
+            Some(d) if d.is_dir() => d,
+            _ => parent_dir(out), // a sharded output directory not made yet
+        };
+        let need = plan.predicted_bytes();
+        if let Some(free) = free_space(&dir).filter(|&f| f < need) {
+            warnings.push(format!(
+                "{}: {} free, below the {} this output needs",
+                dir.display(),
+                crate::units::bytes(free),
+                crate::units::bytes(need)
+            ));
+        }
     }
-    Ok(report::build(
+    let mut report = report::build(
         &input.display().to_string(),
         ckpt.file_bytes(),
         &plan,
@@ -49,29 +66,50 @@ pub fn dry_run(input: &Path, output: Option<&Path>, opts: &QuantizeOptions) -> R
         None,
         isa()?.name(),
         thread_count(opts.threads),
-    ))
+    );
+    report.warnings.extend(warnings);
+    Ok(report)
 }
 
 /// Quantizes `input` into `output` and returns the report.
 pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<Report> {
     let start = Instant::now();
     let isa = isa()?;
-    let ckpt = Checkpoint::open(input)?;
-    let plan = Plan::build(&ckpt, &opts.rules)?;
-    let names = shard_names(&plan);
-    let paths = resolve_outputs(&ckpt, &names, output, opts.force, false)?;
-    let files = plan
-        .shards
-        .iter()
-        .zip(&paths.files)
-        .map(|(s, p)| PendingFile::create(p, s.layout.total))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let total: u64 = plan.tensors().map(|t| t.entry.nbytes() as u64).sum();
-    let pb = progress_bar(total, opts.progress, "quantize");
-    let outcomes = with_threads(opts.threads, || {
-        engine::run(&ckpt, &plan, &files, isa, opts.nonfinite, &pb)
-    })??;
-    pb.finish_and_clear();
+    let ckpt = Checkpoint::open_with(input, opts.read_mode)?;
+    let mut rules = opts.rules.clone();
+    let mut widened = Vec::new();
+    // At most two passes: the second only when the first found tensors whose
+    // scales do not fit the scale dtype (their F32 scales move every offset).
+    let (plan, names, paths, files, outcomes) = loop {
+        let plan = Plan::build(&ckpt, &rules)?;
+        let names = shard_names(&plan);
+        let paths = resolve_outputs(&ckpt, &names, output, opts.force, false)?;
+        let files = plan
+            .shards
+            .iter()
+            .zip(&paths.files)
+            .map(|(s, p)| PendingFile::create(p, s.layout.total))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let total: u64 = plan.tensors().map(|t| t.entry.nbytes() as u64).sum();
+        let label = if widened.is_empty() {
+            "quantize"
+        } else {
+            "again, F32 scales"
+        };
+        let pb = progress_bar(total, opts.progress, label);
+        let run = with_threads(opts.threads, || {
+            engine::run(&ckpt, &plan, &files, isa, opts.nonfinite, &pb)
+        })??;
+        pb.finish_and_clear();
+        match run {
+            RunOutcome::Done(outcomes) => break (plan, names, paths, files, outcomes),
+            RunOutcome::WidenScales(w) => {
+                drop(files); // removes the incomplete temporaries
+                rules.wide_scales.extend(w.iter().map(|w| w.name.clone()));
+                widened.extend(w);
+            }
+        }
+    };
 
     crate::interrupt::check()?;
     let mut written = Vec::new();
@@ -97,7 +135,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         actual_bytes: actual,
         elapsed_s: start.elapsed().as_secs_f64(),
     };
-    Ok(report::build(
+    let mut report = report::build(
         &input.display().to_string(),
         ckpt.file_bytes(),
         &plan,
@@ -105,7 +143,9 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         Some(&measured),
         isa.name(),
         thread_count(opts.threads),
-    ))
+    );
+    report.warnings.extend(widened.iter().map(|w| w.describe()));
+    Ok(report)
 }
 
 fn shard_names(plan: &Plan) -> Vec<String> {

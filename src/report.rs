@@ -195,6 +195,8 @@ pub struct Report {
     pub elapsed_s: Option<f64>,
     /// Input bytes per second over the run, in GB/s (10⁹ bytes).
     pub throughput_gb_s: Option<f64>,
+    /// Peak resident memory of the process (Linux `VmHWM`), absent in a dry run.
+    pub peak_rss_bytes: Option<u64>,
     /// Things the user should know.
     pub warnings: Vec<String>,
 }
@@ -271,10 +273,8 @@ pub fn build(
             all.merge(s, 0);
             if s.zeroed_groups > 0 {
                 warnings.push(format!(
-                    "{}: {} group(s) had a scale too small for {} and decode to their min (or 0); --scale-dtype f32 keeps them",
-                    t.entry.name,
-                    s.zeroed_groups,
-                    scale_dtype.as_deref().unwrap_or("")
+                    "{}: {} group(s) span less than ~1e-37 (f32's subnormal range): stored with a zero scale, they decode to their min (or 0)",
+                    t.entry.name, s.zeroed_groups
                 ));
             }
             if s.nonfinite > 0 {
@@ -365,8 +365,17 @@ pub fn build(
         tensors: rows,
         elapsed_s: measured.map(|m| m.elapsed_s),
         throughput_gb_s: measured.map(|m| input_bytes as f64 / m.elapsed_s.max(1e-9) / 1e9),
+        peak_rss_bytes: measured.and_then(|_| peak_rss()),
         warnings,
     }
+}
+
+/// The peak resident set size of this process so far (`VmHWM`; Linux only).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn pct(part: u64, whole: u64) -> String {
@@ -539,7 +548,11 @@ impl Report {
             ));
         }
         if let (Some(s), Some(g)) = (self.elapsed_s, self.throughput_gb_s) {
-            out.push_str(&format!("time {s:.2} s, {g:.2} GB/s of input\n"));
+            let rss = self
+                .peak_rss_bytes
+                .map(|r| format!(", peak memory {}", bytes(r)))
+                .unwrap_or_default();
+            out.push_str(&format!("time {s:.2} s, {g:.2} GB/s of input{rss}\n"));
         }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));

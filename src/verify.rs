@@ -140,7 +140,7 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
                 expected += t.nbytes() as u64;
                 if entry.dtype != t.dtype || entry.shape != t.shape {
                     failures.push(format!("kept tensor `{}` changed dtype or shape", t.name));
-                } else if pck.shards[*shard].data(entry) != orig.shards[si].data(t) {
+                } else if pck.shards[*shard].data(entry)? != orig.shards[si].data(t)? {
                     failures.push(format!(
                         "kept tensor `{}` differs from the original bytes",
                         t.name
@@ -167,8 +167,9 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
                         t.name, q.dtype, q.shape, t.dtype, t.shape
                     ));
                 } else {
-                    let st =
-                        with_threads(opts.threads, || measure(&pck, q, orig.shards[si].data(t)))?;
+                    let st = with_threads(opts.threads, || {
+                        measure(&pck, q, &orig.shards[si].data(t)?)
+                    })??;
                     all.merge(&st, 0);
                     let e = ErrorSummary::from(&st);
                     if let Some(max) = opts.max_rel_error {
@@ -237,10 +238,13 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
 }
 
 /// Decodes `q` and compares it with the original bytes, in parallel over row chunks.
-fn measure(pck: &Checkpoint, q: &Quantized, original: &[u8]) -> ErrorStats {
+fn measure(pck: &Checkpoint, q: &Quantized, original: &[u8]) -> Result<ErrorStats> {
     let shard = &pck.shards[q.shard];
-    let (codes, scales) = (shard.data(q.codes), shard.data(q.scales));
-    let mins = q.mins.map(|m| shard.data(m)).unwrap_or(&[]);
+    let (codes, scales) = (shard.data(q.codes)?, shard.data(q.scales)?);
+    let mins = match q.mins {
+        Some(m) => shard.data(m)?,
+        None => std::borrow::Cow::Borrowed(&[][..]),
+    };
     let f = &q.fmt;
     let (p, s, m) = (
         f.code_bytes_per_row(q.k),
@@ -249,7 +253,7 @@ fn measure(pck: &Checkpoint, q: &Quantized, original: &[u8]) -> ErrorStats {
     );
     let esize = q.dtype.bitsize() / 8;
     let rpc = (CHUNK_ELEMS / q.k.max(1)).max(1);
-    original
+    Ok(original
         .par_chunks((rpc * q.k * esize).max(1))
         .enumerate()
         .map_init(
@@ -289,7 +293,7 @@ fn measure(pck: &Checkpoint, q: &Quantized, original: &[u8]) -> ErrorStats {
         .reduce(ErrorStats::default, |mut a, b| {
             a.merge(&b, 0);
             a
-        })
+        }))
 }
 
 impl VerifyReport {

@@ -72,12 +72,37 @@ impl PendingFile {
             .truncate(true)
             .open(&tmp_path)
             .map_err(io_err(&tmp_path, "cannot create temporary output file"))?;
-        Ok(PendingFile {
+        let pending = PendingFile {
             final_path: final_path.to_path_buf(),
             tmp_path,
             file: Some(file),
             len,
-        })
+        };
+        // Reserve the blocks now, so that a full disk stops the run before any
+        // work (KEEP_SIZE: the length check in `finish` still sees what was
+        // written). File systems without fallocate just skip the reservation.
+        if len > 0 {
+            let file = pending.file.as_ref().expect("just opened");
+            match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
+                Err(e) if e == rustix::io::Errno::NOSPC => {
+                    let e = io::Error::from(e);
+                    return Err(io_err(&pending.final_path, pending.no_space())(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(pending)
+    }
+
+    /// The message for a full disk, with the bytes needed and what is free.
+    fn no_space(&self) -> String {
+        let free = free_space(&parent_dir(&self.final_path))
+            .map(|f| format!(", {} free", crate::units::bytes(f)))
+            .unwrap_or_default();
+        format!(
+            "disk full: the file needs {}{free}",
+            crate::units::bytes(self.len)
+        )
     }
 
     /// The path the file will have once finished.
@@ -89,15 +114,15 @@ impl PendingFile {
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), WriteError> {
         let file = self.file.as_ref().expect("file is open until finished");
         file.write_all_at(buf, offset).map_err(|e| {
-            let what = if e.kind() == io::ErrorKind::StorageFull {
-                format!(
-                    "disk full: the file needs {} in all",
+            let what = match e.kind() {
+                io::ErrorKind::StorageFull => self.no_space(),
+                io::ErrorKind::FileTooLarge => format!(
+                    "the file size limit (ulimit -f) is below the {} this file needs",
                     crate::units::bytes(self.len)
-                )
-            } else {
-                "write failed".to_string()
+                ),
+                _ => "write failed".to_string(),
             };
-            io_err(&self.tmp_path, what)(e)
+            io_err(&self.final_path, what)(e)
         })
     }
 
@@ -161,7 +186,14 @@ fn remove_stale_temporaries(dir: &Path, name: &str) {
     }
 }
 
-fn parent_dir(p: &Path) -> PathBuf {
+/// Bytes available to this user on the file system holding `dir`, if known.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The directory an output path lands in.
+pub fn parent_dir(p: &Path) -> PathBuf {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -34,6 +34,7 @@ fn opts(
             scale_dtype,
             keep: vec![],
             overrides: vec![],
+            ..Rules::default()
         },
         threads: Some(threads),
         ..Default::default()
