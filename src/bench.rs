@@ -11,9 +11,10 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 use safetensors::Dtype;
 use serde::Serialize;
+use shrinkray_kernels::ggml::GgmlType;
 use shrinkray_kernels::{Isa, QuantFormat, ScaleDtype, Scheme};
 
-use crate::engine::{quantize_tensor, Workspace};
+use crate::engine::{quantize_ggml_tensor, quantize_tensor, Workspace};
 use crate::plan::{GroupSize, Rules};
 use crate::quantize::{quantize, QuantizeOptions};
 use crate::synth::Rng;
@@ -28,8 +29,10 @@ pub const BENCH_K: usize = 4096;
 pub struct BenchOptions {
     /// Input bytes per measurement.
     pub size: u64,
-    /// Schemes.
+    /// Packed schemes.
     pub schemes: Vec<Scheme>,
+    /// GGUF block types (scalar kernels, ggml's reference rounding).
+    pub ggml: Vec<GgmlType>,
     /// Group sizes.
     pub groups: Vec<usize>,
     /// Input dtypes (F32, F16, BF16).
@@ -265,6 +268,40 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                         progress.inc(1);
                     }
                 }
+            }
+            for &ty in &opts.ggml {
+                let hidden = ProgressBar::hidden();
+                let mut ws = Workspace::default();
+                let (med, min) = time(opts.reps, || {
+                    let stats = pool.install(|| {
+                        quantize_ggml_tensor(
+                            &mut ws,
+                            &data,
+                            dtype,
+                            n / BENCH_K,
+                            BENCH_K,
+                            ty,
+                            &hidden,
+                            &|_| {},
+                        )
+                        .1
+                    });
+                    black_box(stats);
+                });
+                let gb = len as f64 / med / 1e9;
+                rows.push(BenchRow {
+                    kind: "quantize".into(),
+                    scheme: Some(ty.name().into()),
+                    group_size: Some(GgmlType::BLOCK),
+                    isa: Some(Isa::Scalar.name().into()),
+                    gb_s: gb,
+                    vs_memcpy: gb / copy,
+                    vs_read: gb / read,
+                    median_s: med,
+                    min_s: min,
+                    ..base("quantize", med, min)
+                });
+                progress.inc(1);
             }
         }
     }

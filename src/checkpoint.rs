@@ -248,6 +248,22 @@ impl Shard {
     }
 }
 
+/// Memory-maps a whole file read-only (for GGUF files, which the
+/// safetensors reader does not open).
+pub fn map_file(path: &Path) -> Result<Mmap> {
+    let io = |what| {
+        move |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    };
+    let file = File::open(path).map_err(io("cannot open"))?;
+    // SAFETY: as in `Shard::open`: a read-only map of a file shrinkray never
+    // writes; it must not be truncated while shrinkray runs (README).
+    unsafe { Mmap::map(&file) }.map_err(io("cannot memory-map"))
+}
+
 /// Reads and validates a header with plain reads, making every check
 /// `SafeTensors::read_metadata` makes on a mapped file. Allocates at most the
 /// header length, after checking it against the 100 MB cap and the file size.

@@ -14,10 +14,11 @@ use shrinkray::engine::Nonfinite;
 use shrinkray::estimate::{estimate, parse_params, EstimateOptions, Subject};
 use shrinkray::html::ChartData;
 use shrinkray::inspect::inspect;
-use shrinkray::plan::{parse_scale_dtype, parse_scheme, GroupSize, Override, Rules};
+use shrinkray::plan::{parse_scale_dtype, parse_scheme, AnyScheme, GroupSize, Override, Rules};
 use shrinkray::quantize::{dry_run, quantize, QuantizeOptions};
 use shrinkray::units::parse_size;
 use shrinkray::verify::{verify, VerifyOptions};
+use shrinkray_kernels::ggml::GgmlType;
 use shrinkray_kernels::{Isa, ScaleDtype, Scheme};
 
 /// Group-wise INT8/INT4 quantization of safetensors checkpoints, with an honest size and error report.
@@ -80,9 +81,9 @@ pub struct BenchArgs {
     /// Input bytes per measurement (e.g. 64MiB, 256MiB, 1GiB).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub size: u64,
-    /// Schemes to measure (repeatable; default: all four).
+    /// Schemes to measure (repeatable; default: the four packed ones and q8_0, q4_0, q4_1).
     #[arg(long = "scheme", value_parser = parse_scheme)]
-    pub schemes: Vec<Scheme>,
+    pub schemes: Vec<AnyScheme>,
     /// Group sizes to measure (repeatable; default: 64).
     #[arg(long = "group-size")]
     pub groups: Vec<usize>,
@@ -140,9 +141,13 @@ pub struct QuantizeArgs {
     /// Output file (single-file input) or directory (sharded input).
     #[arg(short, long, required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
-    /// Default scheme: int8, int8-asym, int4, int4-asym.
-    #[arg(long, default_value = "int4-asym", value_parser = parse_scheme)]
-    pub scheme: Scheme,
+    /// Default scheme: int8, int8-asym, int4, int4-asym [default: int4-asym]; for GGUF q8_0, q4_0, q4_1 [default: q4_0].
+    #[arg(long, value_parser = parse_scheme)]
+    pub scheme: Option<AnyScheme>,
+    /// Output format: safetensors (shrinkray's packed format) or gguf (one GGUF v3 file).
+    /// Default: gguf when -o ends in .gguf or --scheme is a GGUF type, else safetensors.
+    #[arg(long, value_parser = ["safetensors", "gguf"])]
+    pub format: Option<String>,
     /// Elements per group along the last dimension (a positive integer), or `row`.
     #[arg(long, default_value = "64", value_parser = str::parse::<GroupSize>)]
     pub group_size: GroupSize,
@@ -266,13 +271,45 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The packed default scheme and the GGUF default type (when writing GGUF) of a quantize command line.
+fn output_format(a: &QuantizeArgs) -> anyhow::Result<(Scheme, Option<GgmlType>)> {
+    let by_name = a.output.as_ref().is_some_and(|o| {
+        o.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    });
+    let gguf = match a.format.as_deref() {
+        Some(f) => f == "gguf",
+        None => by_name || matches!(a.scheme, Some(AnyScheme::Ggml(_))),
+    };
+    match (gguf, a.scheme) {
+        (false, None) => Ok((Scheme::Int4Asym, None)),
+        (false, Some(AnyScheme::Packed(s))) => Ok((s, None)),
+        (true, None) => Ok((Scheme::Int4Asym, Some(GgmlType::Q4_0))),
+        (true, Some(AnyScheme::Ggml(t))) => Ok((Scheme::Int4Asym, Some(t))),
+        (true, Some(s)) => {
+            bail!(
+                "--scheme {} is not a GGUF block type: use q8_0, q4_0 or q4_1 with --format gguf",
+                s.name()
+            )
+        }
+        (false, Some(s)) => {
+            bail!(
+                "--scheme {} is a GGUF block type: use it with --format gguf",
+                s.name()
+            )
+        }
+    }
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Quantize(a) => {
+            let (scheme, gguf) = output_format(&a)?;
             let opts = QuantizeOptions {
                 rules: Rules {
-                    scheme: a.scheme,
+                    scheme,
+                    gguf,
                     group: a.group_size,
                     scale_dtype: a.scale_dtype,
                     keep: a.keep,
@@ -372,6 +409,23 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     Scheme::ALL.to_vec()
                 } else {
                     a.schemes
+                        .iter()
+                        .filter_map(|s| match s {
+                            AnyScheme::Packed(s) => Some(*s),
+                            AnyScheme::Ggml(_) => None,
+                        })
+                        .collect()
+                },
+                ggml: if a.schemes.is_empty() {
+                    GgmlType::ALL.to_vec()
+                } else {
+                    a.schemes
+                        .iter()
+                        .filter_map(|s| match s {
+                            AnyScheme::Ggml(t) => Some(*t),
+                            AnyScheme::Packed(_) => None,
+                        })
+                        .collect()
                 },
                 groups: if a.groups.is_empty() {
                     vec![64]
@@ -399,9 +453,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 opts.dtypes.len()
                     * opts.threads.len()
-                    * opts.schemes.len()
-                    * opts.groups.len()
-                    * opts.isas.len()
+                    * (opts.schemes.len() * opts.groups.len() * opts.isas.len() + opts.ggml.len())
             };
             let pb = shrinkray::progress_bar(runs as u64, !a.out.json, "bench");
             pb.set_style(

@@ -66,7 +66,7 @@ pub fn dequantize(
     }
     let items = read_items(&ckpt)?;
     let names: Vec<String> = ckpt.shards.iter().map(|s| s.file_name.clone()).collect();
-    let paths = resolve_outputs(&ckpt, &names, output, opts.force, false)?;
+    let paths = resolve_outputs(&ckpt, &names, output, opts.force, false, false)?;
 
     // Lay out every output file before writing any.
     let mut per_shard: Vec<Vec<(&Item, OutTensor)>> = vec![Vec::new(); ckpt.shards.len()];

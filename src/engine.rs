@@ -12,6 +12,7 @@ use half::{bf16, f16};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use safetensors::Dtype;
+use shrinkray_kernels::ggml::{self, GgmlType};
 use shrinkray_kernels::{quantize_rows, ErrorStats, Isa, QuantFormat, RowsOut, ScaleDtype, Src};
 
 use crate::checkpoint::Checkpoint;
@@ -55,6 +56,18 @@ pub enum EngineError {
         tensor: String,
         /// Groups concerned.
         groups: u64,
+    },
+    /// A GGUF block's F16 scale or min would be ±Inf.
+    #[error("{file}: tensor `{tensor}`: {blocks} block(s) need a scale or min beyond F16's range (65504), and {ty} stores them in F16; keep the tensor with --keep, or write packed safetensors, which can store F32 scales")]
+    GgufScaleOverflow {
+        /// The input file.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// Blocks concerned.
+        blocks: u64,
+        /// The block type.
+        ty: &'static str,
     },
     /// Reading failed.
     #[error(transparent)]
@@ -135,7 +148,6 @@ pub fn run(
     let mut widen = Vec::new();
     let mut ws = Workspace::default();
     for (sp, file) in plan.shards.iter().zip(files) {
-        let shard = &ckpt.shards[sp.input];
         let write = |bytes: &[u8], offset: u64, widen: &[Widened]| {
             if widen.is_empty() {
                 file.write_at(bytes, offset)
@@ -146,6 +158,7 @@ pub fn run(
         write(&sp.layout.header, 0, &widen)?;
         for tp in &sp.tensors {
             crate::interrupt::check()?;
+            let shard = &ckpt.shards[tp.input];
             let data = shard.data(&tp.entry)?;
             let outcome = match &tp.action {
                 Action::Keep(_) => {
@@ -155,6 +168,42 @@ pub fn run(
                     TensorOutcome {
                         stats: None,
                         written: data.len() as u64,
+                    }
+                }
+                Action::Ggml(ty) => {
+                    let (path, name) = (shard.path.display(), &tp.entry.name);
+                    let (blocks, stats) = quantize_ggml_tensor(
+                        &mut ws,
+                        &data,
+                        tp.entry.dtype,
+                        tp.rows,
+                        tp.k,
+                        *ty,
+                        progress,
+                        &|b| shard.release(b),
+                    );
+                    shard.release(&data);
+                    crate::interrupt::check()?;
+                    if stats.nonfinite > 0 && nonfinite == Nonfinite::Error {
+                        return Err(EngineError::Nonfinite {
+                            file: path.to_string(),
+                            tensor: name.clone(),
+                            index: stats.first_nonfinite.unwrap_or(0),
+                            count: stats.nonfinite,
+                        });
+                    }
+                    if stats.overflowed_groups > 0 {
+                        return Err(EngineError::GgufScaleOverflow {
+                            file: path.to_string(),
+                            tensor: name.clone(),
+                            blocks: stats.overflowed_groups,
+                            ty: ty.name(),
+                        });
+                    }
+                    write(blocks, tp.pieces[0].offset, &widen)?;
+                    TensorOutcome {
+                        stats: Some(stats),
+                        written: blocks.len() as u64,
                     }
                 }
                 Action::Quantize(fmt) => {
@@ -210,6 +259,19 @@ pub fn run(
                 }
             };
             outcomes.push(outcome);
+        }
+        // Padding between tensors reads as zeros (holes); padding after the
+        // last one (GGUF aligns the end too) must be written to exist.
+        let end = sp
+            .tensors
+            .iter()
+            .flat_map(|t| &t.pieces)
+            .map(|p| p.offset + p.nbytes)
+            .chain([sp.layout.header.len() as u64])
+            .max()
+            .unwrap_or(0);
+        if end < sp.layout.total {
+            write(&vec![0; (sp.layout.total - end) as usize], end, &widen)?;
         }
     }
     Ok(if widen.is_empty() {
@@ -331,6 +393,46 @@ pub fn quantize_tensor<'w>(
         mins,
         stats,
     }
+}
+
+/// Quantizes a whole tensor of `rows × k` elements (`k` a multiple of 32)
+/// into GGUF blocks of type `ty`, in parallel over row chunks, into `ws`.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_ggml_tensor<'w>(
+    ws: &'w mut Workspace,
+    data: &[u8],
+    dtype: Dtype,
+    rows: usize,
+    k: usize,
+    ty: GgmlType,
+    progress: &ProgressBar,
+    release: &(dyn Fn(&[u8]) + Sync),
+) -> (&'w [u8], ErrorStats) {
+    let row_bytes = ty.row_bytes(k);
+    let blocks = take(&mut ws.codes, rows * row_bytes);
+    let esize = dtype.bitsize() / 8;
+    let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
+    let stats = data
+        .par_chunks((rpc * k * esize).max(1))
+        .zip(blocks.par_chunks_mut((rpc * row_bytes).max(1)))
+        .enumerate()
+        .map_init(Vec::new, |buf, (i, (src, out))| {
+            if crate::interrupt::requested().is_some() {
+                return ErrorStats::default(); // the caller checks and drops this tensor
+            }
+            let x = to_f32(dtype, src, buf);
+            let st = ggml::quantize_blocks(ty, x, out);
+            progress.inc(src.len() as u64);
+            release(src);
+            let mut at = ErrorStats::default();
+            at.merge(&st, (i * rpc * k) as u64);
+            at
+        })
+        .reduce(ErrorStats::default, |mut a, b| {
+            a.merge(&b, 0);
+            a
+        });
+    (blocks, stats)
 }
 
 /// The kernel input for `bytes` of `dtype`: in place when aligned (F16/BF16 only

@@ -19,6 +19,7 @@ pub mod dequantize;
 pub mod engine;
 pub mod estimate;
 pub mod format;
+pub mod gguf;
 pub mod html;
 pub mod inspect;
 pub mod interrupt;

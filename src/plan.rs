@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use regex::Regex;
 use safetensors::Dtype;
+use shrinkray_kernels::ggml::GgmlType;
 use shrinkray_kernels::{QuantFormat, ScaleDtype, Scheme};
 
 use crate::checkpoint::{is_quantizable, Checkpoint, TensorEntry};
@@ -18,6 +19,7 @@ use crate::format::{
     layout, mins_name, qweight_name, scales_name, FileLayout, OutTensor, PackedMeta, PackedTensor,
     FORMAT_VERSION, METADATA_KEY,
 };
+use crate::gguf::{self, TensorType};
 
 /// Elements per group: a fixed count, or one group per row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +54,32 @@ impl fmt::Display for GroupSize {
     }
 }
 
+/// A scheme of either output format: shrinkray's packed safetensors, or a GGUF block type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyScheme {
+    /// `int8`, `int8-asym`, `int4`, `int4-asym` (packed safetensors).
+    Packed(Scheme),
+    /// `q8_0`, `q4_0`, `q4_1` (GGUF).
+    Ggml(GgmlType),
+}
+
+impl AnyScheme {
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnyScheme::Packed(s) => s.name(),
+            AnyScheme::Ggml(t) => t.name(),
+        }
+    }
+}
+
 /// Parses a scheme name for the command line.
-pub fn parse_scheme(s: &str) -> Result<Scheme, String> {
-    Scheme::from_name(s).ok_or_else(|| {
-        format!("unknown scheme `{s}` (expected int8, int8-asym, int4 or int4-asym)")
+pub fn parse_scheme(s: &str) -> Result<AnyScheme, String> {
+    if let Some(t) = GgmlType::from_name(s) {
+        return Ok(AnyScheme::Ggml(t));
+    }
+    Scheme::from_name(s).map(AnyScheme::Packed).ok_or_else(|| {
+        format!("unknown scheme `{s}` (expected int8, int8-asym, int4, int4-asym, or for GGUF q8_0, q4_0, q4_1)")
     })
 }
 
@@ -64,8 +88,8 @@ pub fn parse_scheme(s: &str) -> Result<Scheme, String> {
 pub struct Override {
     /// Matched against tensor names (anywhere in the name; anchor with `^…$`).
     pub pattern: Regex,
-    /// The scheme for matching tensors.
-    pub scheme: Scheme,
+    /// The scheme for matching tensors (of the output's format).
+    pub scheme: AnyScheme,
     /// Their group size (the default group size when absent).
     pub group: Option<GroupSize>,
 }
@@ -104,6 +128,26 @@ pub struct Rules {
     /// Tensors whose scales and mins are stored in F32 whatever `scale_dtype`
     /// says: a first pass found groups beyond the range of `scale_dtype`.
     pub wide_scales: BTreeSet<String>,
+    /// Write one GGUF file with this default block type, instead of packed safetensors.
+    pub gguf: Option<GgmlType>,
+}
+
+impl Rules {
+    /// The default scheme's name.
+    pub fn scheme_name(&self) -> &'static str {
+        match self.gguf {
+            Some(t) => t.name(),
+            None => self.scheme.name(),
+        }
+    }
+
+    /// Code bits of the default scheme (what the naive claim counts for every parameter).
+    pub fn default_bits(&self) -> u32 {
+        match self.gguf {
+            Some(t) => t.bits(),
+            None => self.scheme.bits(),
+        }
+    }
 }
 
 impl Default for Rules {
@@ -115,6 +159,7 @@ impl Default for Rules {
             keep: Vec::new(),
             overrides: Vec::new(),
             wide_scales: BTreeSet::new(),
+            gguf: None,
         }
     }
 }
@@ -132,6 +177,8 @@ pub enum KeepReason {
     OneDim,
     /// It matches a `--keep` pattern.
     Matched(String),
+    /// GGUF blocks need rows that are a multiple of 32 elements.
+    NotBlockMultiple,
 }
 
 impl fmt::Display for KeepReason {
@@ -142,6 +189,7 @@ impl fmt::Display for KeepReason {
             KeepReason::Scalar => f.write_str("scalar"),
             KeepReason::OneDim => f.write_str("1-D"),
             KeepReason::Matched(p) => write!(f, "--keep {p}"),
+            KeepReason::NotBlockMultiple => f.write_str("row not a multiple of 32"),
         }
     }
 }
@@ -153,6 +201,8 @@ pub enum Action {
     Keep(KeepReason),
     /// Quantized in this format.
     Quantize(QuantFormat),
+    /// Quantized into GGUF blocks of this type.
+    Ggml(GgmlType),
 }
 
 /// What an output tensor holds, for byte accounting.
@@ -184,6 +234,8 @@ pub struct Piece {
 /// The plan for one input tensor.
 #[derive(Clone, Debug)]
 pub struct TensorPlan {
+    /// Index of its input shard in the checkpoint.
+    pub input: usize,
     /// The input tensor.
     pub entry: TensorEntry,
     /// What happens to it.
@@ -202,8 +254,18 @@ impl TensorPlan {
         self.entry.numel() as u64
     }
 
-    /// Output bytes of pieces of `kind`.
+    /// Output bytes of pieces of `kind`. A GGUF block holds its codes, its F16
+    /// scale and (`q4_1`) its F16 min: they are counted apart here too.
     pub fn bytes_of(&self, kind: PieceKind) -> u64 {
+        if let Action::Ggml(t) = self.action {
+            let blocks = self.params() / GgmlType::BLOCK as u64;
+            return match kind {
+                PieceKind::Codes => self.params() * t.bits() as u64 / 8,
+                PieceKind::Scales => 2 * blocks,
+                PieceKind::Mins if t == GgmlType::Q4_1 => 2 * blocks,
+                _ => 0,
+            };
+        }
         self.pieces
             .iter()
             .filter(|p| p.kind == kind)
@@ -216,10 +278,19 @@ impl TensorPlan {
         self.pieces.iter().map(|p| p.nbytes).sum()
     }
 
-    /// The quantization format, if the tensor is quantized.
+    /// The packed quantization format, if the tensor is quantized into one.
     pub fn format(&self) -> Option<&QuantFormat> {
         match &self.action {
             Action::Quantize(f) => Some(f),
+            Action::Keep(_) | Action::Ggml(_) => None,
+        }
+    }
+
+    /// Code bits, if the tensor is quantized (either format).
+    pub fn code_bits(&self) -> Option<u32> {
+        match &self.action {
+            Action::Quantize(f) => Some(f.scheme.bits()),
+            Action::Ggml(t) => Some(t.bits()),
             Action::Keep(_) => None,
         }
     }
@@ -228,8 +299,6 @@ impl TensorPlan {
 /// The plan for one output file.
 #[derive(Clone, Debug)]
 pub struct ShardPlan {
-    /// Index of the input shard in the checkpoint.
-    pub input: usize,
     /// The output file name (the input's, for sharded checkpoints).
     pub file_name: String,
     /// Header bytes and total size.
@@ -260,6 +329,9 @@ pub struct PlanError {
 impl Plan {
     /// Plans `ckpt` under `rules`, from headers only.
     pub fn build(ckpt: &Checkpoint, rules: &Rules) -> Result<Plan, PlanError> {
+        if let Some(default) = rules.gguf {
+            return Self::build_gguf(ckpt, rules, default);
+        }
         let mut shards = Vec::with_capacity(ckpt.shards.len());
         for (si, shard) in ckpt.shards.iter().enumerate() {
             let err = |reason: String| PlanError {
@@ -279,7 +351,7 @@ impl Plan {
             let mut outs = Vec::new();
             let mut tensors = Vec::with_capacity(shard.tensors.len());
             for t in &shard.tensors {
-                let action = decide(t, rules);
+                let action = decide(t, rules).map_err(err)?;
                 let k = t.shape.last().copied().unwrap_or(1);
                 let rows = t.numel().checked_div(k).unwrap_or(0);
                 let pieces = match &action {
@@ -292,6 +364,7 @@ impl Plan {
                         });
                         vec![(PieceKind::Kept, t.name.clone())]
                     }
+                    Action::Ggml(_) => unreachable!("decide gives GGUF types only to GGUF plans"),
                     Action::Quantize(f) => {
                         meta.tensors
                             .insert(t.name.clone(), PackedTensor::new(f, t.dtype, &t.shape));
@@ -365,6 +438,7 @@ impl Plan {
                         })
                         .collect();
                     TensorPlan {
+                        input: si,
                         entry,
                         action,
                         rows,
@@ -374,7 +448,6 @@ impl Plan {
                 })
                 .collect();
             shards.push(ShardPlan {
-                input: si,
                 file_name: shard.file_name.clone(),
                 layout,
                 tensors,
@@ -400,6 +473,126 @@ impl Plan {
         })
     }
 
+    /// Plans one GGUF file holding every tensor of `ckpt`, in checkpoint order.
+    fn build_gguf(ckpt: &Checkpoint, rules: &Rules, default: GgmlType) -> Result<Plan, PlanError> {
+        let mut outs = Vec::new();
+        let mut tensors = Vec::new();
+        let mut any_quantized = false;
+        for (si, shard) in ckpt.shards.iter().enumerate() {
+            let err = |reason: String| PlanError {
+                file: shard.path.display().to_string(),
+                reason,
+            };
+            if shard.metadata.contains_key(METADATA_KEY) {
+                return Err(err(
+                    "already a shrinkray packed file (dequantize it first to quantize again)"
+                        .into(),
+                ));
+            }
+            for t in &shard.tensors {
+                let action = decide(t, rules).map_err(err)?;
+                let k = t.shape.last().copied().unwrap_or(1);
+                let rows = t.numel().checked_div(k).unwrap_or(0);
+                let (ty, nbytes) = match action {
+                    Action::Ggml(ty) => {
+                        any_quantized = true;
+                        (TensorType::Block(ty), (rows * ty.row_bytes(k)) as u64)
+                    }
+                    _ => {
+                        if gguf::plain_id(t.dtype).is_none() {
+                            return Err(err(format!(
+                                "tensor `{}`: GGUF has no {} type, so it cannot be written to a GGUF file",
+                                t.name, t.dtype
+                            )));
+                        }
+                        (TensorType::Plain(t.dtype), t.nbytes() as u64)
+                    }
+                };
+                if t.shape.len() > gguf::MAX_DIMS {
+                    return Err(err(format!(
+                        "tensor `{}` has {} dimensions; GGUF allows at most {}",
+                        t.name,
+                        t.shape.len(),
+                        gguf::MAX_DIMS
+                    )));
+                }
+                outs.push(gguf::OutTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    ty,
+                    nbytes,
+                });
+                let kind = match action {
+                    Action::Keep(_) => PieceKind::Kept,
+                    _ => PieceKind::Codes,
+                };
+                tensors.push((si, t.clone(), action, rows, k, kind));
+            }
+        }
+        let mut kvs = vec![(
+            "general.architecture".to_string(),
+            gguf::Value::Str(architecture(ckpt)),
+        )];
+        kvs.push((
+            "general.file_type".into(),
+            gguf::Value::U32(default.file_type()),
+        ));
+        if any_quantized {
+            kvs.push((
+                "general.quantization_version".into(),
+                gguf::Value::U32(gguf::QUANTIZATION_VERSION),
+            ));
+        }
+        let mut md = BTreeMap::new();
+        for shard in &ckpt.shards {
+            md.extend(shard.metadata.clone());
+        }
+        for (k, v) in md {
+            if !kvs.iter().any(|(key, _)| *key == k) {
+                kvs.push((k, gguf::Value::Str(v)));
+            }
+        }
+        let file = ckpt.path.display().to_string();
+        let layout = gguf::layout(&kvs, &outs).map_err(|reason| PlanError {
+            file: file.clone(),
+            reason,
+        })?;
+        let tensors = tensors
+            .into_iter()
+            .zip(&layout.offsets)
+            .zip(&outs)
+            .map(|((t, &offset), out)| {
+                let (input, entry, action, rows, k, kind) = t;
+                TensorPlan {
+                    input,
+                    pieces: vec![Piece {
+                        kind,
+                        name: entry.name.clone(),
+                        offset,
+                        nbytes: out.nbytes,
+                    }],
+                    entry,
+                    action,
+                    rows,
+                    k,
+                }
+            })
+            .collect();
+        Ok(Plan {
+            rules: rules.clone(),
+            shards: vec![ShardPlan {
+                file_name: gguf_file_name(ckpt),
+                layout,
+                tensors,
+            }],
+        })
+    }
+
+    /// Whether the plan writes one GGUF file.
+    pub fn is_gguf(&self) -> bool {
+        self.rules.gguf.is_some()
+    }
+
     /// Every tensor plan, in checkpoint order.
     pub fn tensors(&self) -> impl Iterator<Item = &TensorPlan> {
         self.shards.iter().flat_map(|s| s.tensors.iter())
@@ -410,41 +603,102 @@ impl Plan {
         self.shards.iter().map(|s| s.layout.total).sum()
     }
 
-    /// Header bytes of all output files (length prefixes, JSON, padding).
+    /// Bytes of all output files that are not tensor data: headers (length
+    /// prefixes, JSON, GGUF key-values and tensor infos) and alignment padding.
     pub fn header_bytes(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.layout.header.len() as u64)
+            .map(|s| s.layout.total - s.tensors.iter().map(|t| t.out_bytes()).sum::<u64>())
             .sum()
     }
 }
 
-/// Decides what happens to one tensor.
-pub fn decide(t: &TensorEntry, rules: &Rules) -> Action {
+/// `general.architecture` for a GGUF file: `model_type` from a `config.json`
+/// beside the checkpoint, else `unknown` (GGUF requires the key).
+fn architecture(ckpt: &Checkpoint) -> String {
+    let dir = if ckpt.path.is_dir() {
+        ckpt.path.clone()
+    } else {
+        ckpt.path
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    };
+    std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("model_type")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The GGUF output's file name when `-o` is a directory: the input's stem, or `model`.
+fn gguf_file_name(ckpt: &Checkpoint) -> String {
+    let stem = if ckpt.is_sharded() {
+        None
+    } else {
+        ckpt.shards[0]
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+    };
+    format!("{}.gguf", stem.unwrap_or_else(|| "model".into()))
+}
+
+/// Decides what happens to one tensor; fails on an override of the other
+/// output format's scheme.
+pub fn decide(t: &TensorEntry, rules: &Rules) -> Result<Action, String> {
     if let Some(p) = rules.keep.iter().find(|p| p.is_match(&t.name)) {
-        return Action::Keep(KeepReason::Matched(p.as_str().to_string()));
+        return Ok(Action::Keep(KeepReason::Matched(p.as_str().to_string())));
     }
     if !is_quantizable(t.dtype) {
-        return Action::Keep(KeepReason::NotFloat);
+        return Ok(Action::Keep(KeepReason::NotFloat));
     }
     if t.shape.is_empty() {
-        return Action::Keep(KeepReason::Scalar);
+        return Ok(Action::Keep(KeepReason::Scalar));
     }
     if t.numel() == 0 {
-        return Action::Keep(KeepReason::Empty);
+        return Ok(Action::Keep(KeepReason::Empty));
     }
-    let (scheme, group) = match rules
+    let matched = rules
         .overrides
         .iter()
         .rev()
-        .find(|o| o.pattern.is_match(&t.name))
-    {
-        Some(o) => (o.scheme, o.group.unwrap_or(rules.group)),
-        None if t.shape.len() < 2 => return Action::Keep(KeepReason::OneDim),
-        None => (rules.scheme, rules.group),
-    };
+        .find(|o| o.pattern.is_match(&t.name));
+    if matched.is_none() && t.shape.len() < 2 {
+        return Ok(Action::Keep(KeepReason::OneDim));
+    }
     let k = *t.shape.last().expect("not a scalar");
-    Action::Quantize(QuantFormat {
+    let scheme = matched.map(|o| o.scheme);
+    let wrong = |s: AnyScheme| {
+        format!(
+            "tensor `{}`: --override scheme {} cannot be written to {}",
+            t.name,
+            s.name(),
+            if rules.gguf.is_some() {
+                "GGUF (q8_0, q4_0 or q4_1)"
+            } else {
+                "packed safetensors (int8, int8-asym, int4 or int4-asym)"
+            }
+        )
+    };
+    if let Some(default) = rules.gguf {
+        let ty = match scheme {
+            None => default,
+            Some(AnyScheme::Ggml(ty)) => ty,
+            Some(other) => return Err(wrong(other)),
+        };
+        if k % GgmlType::BLOCK != 0 {
+            return Ok(Action::Keep(KeepReason::NotBlockMultiple));
+        }
+        return Ok(Action::Ggml(ty));
+    }
+    let scheme = match scheme {
+        None => rules.scheme,
+        Some(AnyScheme::Packed(s)) => s,
+        Some(other) => return Err(wrong(other)),
+    };
+    let group = matched.and_then(|o| o.group).unwrap_or(rules.group);
+    Ok(Action::Quantize(QuantFormat {
         scheme,
         group: match group {
             GroupSize::Fixed(g) => g,
@@ -455,7 +709,7 @@ pub fn decide(t: &TensorEntry, rules: &Rules) -> Action {
         } else {
             rules.scale_dtype
         },
-    })
+    }))
 }
 
 /// The safetensors dtype of stored scales.
@@ -505,12 +759,12 @@ impl ByteTotals {
             b.scales += t.bytes_of(PieceKind::Scales);
             b.mins += t.bytes_of(PieceKind::Mins);
             b.kept += t.bytes_of(PieceKind::Kept);
-            let bits = match t.format() {
-                Some(f) => {
+            let bits = match t.code_bits() {
+                Some(bits) => {
                     b.params_quantized += t.params();
-                    f.scheme.bits()
+                    bits
                 }
-                None => plan.rules.scheme.bits(),
+                None => plan.rules.default_bits(),
             };
             naive_bits += t.params() as u128 * bits as u128;
         }

@@ -42,7 +42,7 @@ pub fn dry_run(input: &Path, output: Option<&Path>, opts: &QuantizeOptions) -> R
     let names = shard_names(&plan);
     let mut warnings = Vec::new();
     if let Some(out) = output {
-        let paths = resolve_outputs(&ckpt, &names, out, opts.force, true)?;
+        let paths = resolve_outputs(&ckpt, &names, out, opts.force, true, plan.is_gguf())?;
         let dir = paths.files.first().map(|f| parent_dir(f));
         let dir = match dir {
             Some(d) if d.is_dir() => d,
@@ -83,7 +83,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
     let (plan, names, paths, files, outcomes) = loop {
         let plan = Plan::build(&ckpt, &rules)?;
         let names = shard_names(&plan);
-        let paths = resolve_outputs(&ckpt, &names, output, opts.force, false)?;
+        let paths = resolve_outputs(&ckpt, &names, output, opts.force, false, plan.is_gguf())?;
         let files = plan
             .shards
             .iter()
@@ -117,6 +117,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         written.push(f.finish()?);
     }
     if let (Some(index_path), Some(index)) = (&paths.index, &ckpt.index) {
+        // (absent for one output file)
         let data: u64 = plan
             .shards
             .iter()

@@ -8,6 +8,7 @@ use shrinkray_kernels::ErrorStats;
 use crate::engine::TensorOutcome;
 use crate::plan::{Action, ByteTotals, PieceKind, Plan};
 use crate::units::{bytes, count, db, sci, Table};
+use shrinkray_kernels::ggml::GgmlType;
 
 /// Reconstruction error of one tensor or of the whole run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -225,7 +226,7 @@ pub fn build(
     threads: usize,
 ) -> Report {
     let bt = ByteTotals::of(plan);
-    let default_bits = plan.rules.scheme.bits();
+    let default_bits = plan.rules.default_bits();
     let mut rows = Vec::new();
     let mut all = ErrorStats::default();
     let mut overhead = Overhead {
@@ -257,6 +258,16 @@ pub fn build(
                     f.scheme.bits(),
                 )
             }
+            Action::Ggml(ty) => {
+                naive_codes_bits += t.params() as u128 * ty.bits() as u128;
+                (
+                    ty.name().to_string(),
+                    None,
+                    Some(GgmlType::BLOCK),
+                    Some("F16".to_string()),
+                    ty.bits(),
+                )
+            }
             Action::Keep(r) => {
                 naive_kept_bits += t.params() as u128 * default_bits as u128;
                 (
@@ -271,7 +282,12 @@ pub fn build(
         let stats = outcome.and_then(|o| o.stats);
         if let Some(s) = &stats {
             all.merge(s, 0);
-            if s.zeroed_groups > 0 {
+            if s.zeroed_groups > 0 && matches!(t.action, Action::Ggml(_)) {
+                warnings.push(format!(
+                    "{}: {} block(s) have a scale below F16's range: stored as 0, they decode to 0",
+                    t.entry.name, s.zeroed_groups
+                ));
+            } else if s.zeroed_groups > 0 {
                 warnings.push(format!(
                     "{}: {} group(s) span less than ~1e-37 (f32's subnormal range): stored with a zero scale, they decode to their min (or 0)",
                     t.entry.name, s.zeroed_groups
@@ -335,14 +351,22 @@ pub fn build(
         }
     };
     let any_quantized = bt.params_quantized > 0;
-    let group_size = plan.rules.group.to_string();
+    let group_size = if plan.is_gguf() {
+        GgmlType::BLOCK.to_string()
+    } else {
+        plan.rules.group.to_string()
+    };
     Report {
         input: input.to_string(),
         outputs: measured.map(|m| m.outputs.clone()).unwrap_or_default(),
         dry_run: measured.is_none(),
-        scheme: plan.rules.scheme.name().into(),
+        scheme: plan.rules.scheme_name().into(),
         group_size,
-        scale_dtype: plan.rules.scale_dtype.name().into(),
+        scale_dtype: if plan.is_gguf() {
+            "F16".into()
+        } else {
+            plan.rules.scale_dtype.name().into()
+        },
         isa: isa.into(),
         threads,
         totals: Totals {

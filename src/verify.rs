@@ -8,12 +8,14 @@ use std::path::Path;
 
 use rayon::prelude::*;
 use serde::Serialize;
+use shrinkray_kernels::ggml::{self, GgmlType};
 use shrinkray_kernels::ErrorStats;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{map_file, Checkpoint};
 use crate::decode::{decode_rows, read_items, Item, Quantized};
 use crate::engine::{to_f32, CHUNK_ELEMS};
 use crate::format::METADATA_KEY;
+use crate::gguf;
 use crate::report::{shape_str, worst_first, ErrorSummary, PieceBytes};
 use crate::units::{bytes, count, db, sci, Table};
 use crate::{with_threads, Error, Result};
@@ -89,9 +91,15 @@ pub struct VerifyReport {
     pub passed: bool,
 }
 
-/// Verifies `packed` against `original`.
+/// Verifies `packed` (shrinkray's packed safetensors, or a GGUF file) against `original`.
 pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
     let orig = Checkpoint::open(original)?;
+    if packed.is_file() {
+        let map = map_file(packed)?;
+        if gguf::is_gguf(&map) {
+            return verify_gguf(original, &orig, packed, &map, opts);
+        }
+    }
     let pck = Checkpoint::open(packed)?;
     if !pck
         .shards
@@ -189,6 +197,51 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
         }
         rows.push(row);
     }
+    for name in by_name.keys() {
+        failures.push(format!(
+            "tensor `{name}` of the packed checkpoint is not in the original"
+        ));
+    }
+    let tally = Tally {
+        rows,
+        all,
+        params,
+        params_q,
+        expected,
+        actual: pck.file_bytes(),
+        failures,
+    };
+    Ok(finish(original, packed, &orig, tally, opts))
+}
+
+/// What a verification found, before the totals.
+struct Tally {
+    rows: Vec<VerifyRow>,
+    all: ErrorStats,
+    params: u64,
+    params_q: u64,
+    expected: u64,
+    actual: u64,
+    failures: Vec<String>,
+}
+
+/// Naive bits of kept tensors, size and ratio checks, and the report.
+fn finish(
+    original: &Path,
+    packed: &Path,
+    orig: &Checkpoint,
+    tally: Tally,
+    opts: &VerifyOptions,
+) -> VerifyReport {
+    let Tally {
+        mut rows,
+        all,
+        params,
+        params_q,
+        expected,
+        actual,
+        mut failures,
+    } = tally;
     // Kept tensors count at the code width of the scheme that covers the most parameters.
     let mut by_bits = std::collections::BTreeMap::<u32, u64>::new();
     for r in rows.iter().filter(|r| r.naive_bits > 0) {
@@ -201,12 +254,6 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
     for r in rows.iter_mut().filter(|r| r.naive_bits == 0) {
         r.naive_bits = default_bits;
     }
-    for name in by_name.keys() {
-        failures.push(format!(
-            "tensor `{name}` of the packed checkpoint is not in the original"
-        ));
-    }
-    let actual: u64 = pck.file_bytes();
     if actual != expected {
         failures.push(format!(
             "packed files are {actual} bytes, the format rules give {expected}"
@@ -220,7 +267,7 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
         }
     }
     failures.sort();
-    Ok(VerifyReport {
+    VerifyReport {
         original: original.display().to_string(),
         packed: packed.display().to_string(),
         tensors: rows,
@@ -234,7 +281,145 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
         error: (params_q > 0).then(|| ErrorSummary::from(&all)),
         passed: failures.is_empty(),
         failures,
-    })
+    }
+}
+
+/// Verifies a GGUF file written by `quantize --format gguf`: every tensor of
+/// the original is there under its name and shape, blocks are decoded with
+/// ggml's formulas, plain tensors are byte-identical, and the file size is
+/// what the layout rules give.
+fn verify_gguf(
+    original: &Path,
+    orig: &Checkpoint,
+    packed: &Path,
+    map: &[u8],
+    opts: &VerifyOptions,
+) -> Result<VerifyReport> {
+    let h = gguf::read_header(map)
+        .map_err(|e| Error::Other(format!("{}: not a valid GGUF file: {e}", packed.display())))?;
+    let mut by_name: HashMap<&str, &gguf::Tensor> =
+        h.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut failures = Vec::new();
+    let mut rows = Vec::new();
+    let mut all = ErrorStats::default();
+    let mut expected = h.data_start;
+    let (mut params, mut params_q) = (0u64, 0u64);
+    for (si, t) in orig.tensors() {
+        params += t.numel() as u64;
+        let Some(g) = by_name.remove(t.name.as_str()) else {
+            failures.push(format!("tensor `{}` is missing from the GGUF file", t.name));
+            continue;
+        };
+        expected += g.nbytes.next_multiple_of(h.alignment);
+        let mut row = VerifyRow {
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+            params: t.numel() as u64,
+            stored_as: "keep".into(),
+            group_size: None,
+            input_bytes: t.nbytes() as u64,
+            stored_bytes: g.nbytes,
+            bits_per_weight: 0.0,
+            error: None,
+            bytes: PieceBytes::default(),
+            naive_bits: 0,
+        };
+        // ggml has no 0-D tensors: a scalar is written as one element.
+        let shape_ok = g.shape == t.shape || (t.shape.is_empty() && g.shape == [1]);
+        let stored = &map[g.start as usize..(g.start + g.nbytes) as usize];
+        match g.ty {
+            gguf::TensorType::Block(ty) if shape_ok => {
+                params_q += t.numel() as u64;
+                row.stored_as = ty.name().into();
+                row.group_size = Some(GgmlType::BLOCK);
+                row.naive_bits = ty.bits();
+                let blocks = t.numel() as u64 / GgmlType::BLOCK as u64;
+                row.bytes.codes = t.numel() as u64 * ty.bits() as u64 / 8;
+                row.bytes.scales = 2 * blocks;
+                row.bytes.mins = if ty == GgmlType::Q4_1 { 2 * blocks } else { 0 };
+                let k = *t.shape.last().expect("blocks have rows");
+                let x = orig.shards[si].data(t)?;
+                let st = with_threads(opts.threads, || measure_blocks(ty, k, t.dtype, stored, &x))?;
+                all.merge(&st, 0);
+                let e = ErrorSummary::from(&st);
+                if let Some(max) = opts.max_rel_error {
+                    if e.rel_error > max {
+                        failures.push(format!(
+                            "tensor `{}`: relative error {:.4e} is above --max-rel-error {max}",
+                            t.name, e.rel_error
+                        ));
+                    }
+                }
+                row.error = Some(e);
+            }
+            gguf::TensorType::Plain(d) if shape_ok && d == t.dtype => {
+                row.bytes.kept = g.nbytes;
+                if stored != &orig.shards[si].data(t)?[..] {
+                    failures.push(format!(
+                        "kept tensor `{}` differs from the original bytes",
+                        t.name
+                    ));
+                }
+            }
+            other => failures.push(format!(
+                "tensor `{}`: the GGUF file holds {} {:?}, the original is {} {:?}",
+                t.name,
+                other.name(),
+                g.shape,
+                t.dtype,
+                t.shape
+            )),
+        }
+        if row.params > 0 {
+            row.bits_per_weight = row.stored_bytes as f64 * 8.0 / row.params as f64;
+        }
+        rows.push(row);
+    }
+    for name in by_name.keys() {
+        failures.push(format!(
+            "tensor `{name}` of the GGUF file is not in the original"
+        ));
+    }
+    let tally = Tally {
+        rows,
+        all,
+        params,
+        params_q,
+        expected,
+        actual: map.len() as u64,
+        failures,
+    };
+    Ok(finish(original, packed, orig, tally, opts))
+}
+
+/// Decodes GGUF blocks of rows of `k` elements and compares them with the original bytes.
+fn measure_blocks(
+    ty: GgmlType,
+    k: usize,
+    dtype: safetensors::Dtype,
+    blocks: &[u8],
+    original: &[u8],
+) -> ErrorStats {
+    let esize = dtype.bitsize() / 8;
+    let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
+    let row_bytes = ty.row_bytes(k);
+    original
+        .par_chunks((rpc * k * esize).max(1))
+        .zip(blocks.par_chunks((rpc * row_bytes).max(1)))
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(xbuf, dbuf): &mut (Vec<f32>, Vec<f32>), (src, b)| {
+                let x = to_f32(dtype, src, xbuf);
+                dbuf.resize(x.len(), 0.0);
+                ggml::dequantize_blocks(ty, b, dbuf);
+                compare(x, dbuf)
+            },
+        )
+        .reduce(ErrorStats::default, |mut a, b| {
+            a.merge(&b, 0);
+            a
+        })
 }
 
 /// Decodes `q` and compares it with the original bytes, in parallel over row chunks.
@@ -271,29 +456,34 @@ fn measure(pck: &Checkpoint, q: &Quantized, original: &[u8]) -> Result<ErrorStat
                     &mins[r0 * m..r1 * m],
                     dbuf,
                 );
-                let mut st = ErrorStats {
-                    count: x.len() as u64,
-                    ..Default::default()
-                };
-                for (&v, &d) in x.iter().zip(dbuf.iter()) {
-                    let v = if v.is_finite() {
-                        v
-                    } else {
-                        st.nonfinite += 1;
-                        0.0
-                    };
-                    let e = (v - d) as f64;
-                    st.sum_sq_err += e * e;
-                    st.sum_sq += (v as f64) * (v as f64);
-                    st.max_abs_err = st.max_abs_err.max((v - d).abs());
-                }
-                st
+                compare(x, dbuf)
             },
         )
         .reduce(ErrorStats::default, |mut a, b| {
             a.merge(&b, 0);
             a
         }))
+}
+
+/// Error statistics of decoded values `d` against the original `x` (NaN/Inf in `x` read as 0).
+fn compare(x: &[f32], d: &[f32]) -> ErrorStats {
+    let mut st = ErrorStats {
+        count: x.len() as u64,
+        ..Default::default()
+    };
+    for (&v, &d) in x.iter().zip(d) {
+        let v = if v.is_finite() {
+            v
+        } else {
+            st.nonfinite += 1;
+            0.0
+        };
+        let e = (v - d) as f64;
+        st.sum_sq_err += e * e;
+        st.sum_sq += (v as f64) * (v as f64);
+        st.max_abs_err = st.max_abs_err.max((v - d).abs());
+    }
+    st
 }
 
 impl VerifyReport {

@@ -209,11 +209,12 @@ pub struct OutputPaths {
     pub index: Option<PathBuf>,
 }
 
-/// Resolves `out` for a checkpoint whose output files are named `names`.
+/// Resolves `out` for a checkpoint whose output files are named `names`
+/// (`one_file`: a single output whatever the input's shards, as GGUF).
 ///
-/// Sharded checkpoints write into the directory `out` (created if its parent
-/// exists, unless `dry_run`); single files write to `out`, or into `out`
-/// when it is a directory. Refuses any output path that is an input file,
+/// Sharded checkpoints written shard for shard go into the directory `out`
+/// (created if its parent exists, unless `dry_run`); one output file goes to
+/// `out`, or into `out` when it is a directory. Refuses any output path that is an input file,
 /// and existing outputs unless `force`.
 pub fn resolve_outputs(
     ckpt: &Checkpoint,
@@ -221,12 +222,14 @@ pub fn resolve_outputs(
     out: &Path,
     force: bool,
     dry_run: bool,
+    one_file: bool,
 ) -> Result<OutputPaths, WriteError> {
     let refuse = |path: &Path, reason: &str| WriteError::Refused {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
-    let paths = if ckpt.is_sharded() {
+    // A sharded checkpoint gives a sharded output, unless the output is one file (GGUF).
+    let paths = if ckpt.is_sharded() && !one_file {
         if out.exists() && !out.is_dir() {
             return Err(refuse(
                 out,

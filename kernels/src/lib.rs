@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 mod arch;
+pub mod ggml;
 pub mod scalar;
 
 use std::fmt;

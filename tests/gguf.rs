@@ -1,0 +1,272 @@
+//! `quantize --format gguf`: the file's header, its blocks, its kept tensors,
+//! `verify` on it, and the refusals. (Block bytes against gguf-py's reference
+//! are checked in `kernels/tests/ggml_golden.rs`; the header layout against a
+//! file gguf-py wrote, in `src/gguf.rs`.)
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use safetensors::Dtype;
+use serde_json::Value;
+use shrinkray::checkpoint::Checkpoint;
+use shrinkray::engine::to_f32;
+use shrinkray::gguf::{self, TensorType};
+use shrinkray_kernels::ggml::{self, GgmlType};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn shrinkray() -> Command {
+    Command::cargo_bin("shrinkray").unwrap()
+}
+
+fn json(out: &[u8]) -> Value {
+    serde_json::from_slice(out).expect("valid JSON on stdout")
+}
+
+/// Checks every tensor of `file` against the checkpoint `input`: blocks equal
+/// the kernel's output for the whole tensor, other tensors are byte-identical,
+/// and the types are the ones the rules give. Returns the header.
+fn check_file(
+    input: &Path,
+    file: &Path,
+    expect: impl Fn(&str, &[usize]) -> TensorType,
+) -> gguf::Header {
+    let bytes = std::fs::read(file).unwrap();
+    let h = gguf::read_header(&bytes).unwrap();
+    let ckpt = Checkpoint::open(input).unwrap();
+    let names: Vec<_> = ckpt.tensors().map(|(_, t)| t.name.clone()).collect();
+    let got: Vec<_> = h.tensors.iter().map(|t| t.name.clone()).collect();
+    assert_eq!(got, names, "every tensor, in checkpoint order");
+    for ((si, t), g) in ckpt.tensors().zip(&h.tensors) {
+        assert_eq!(g.shape, t.shape, "{}", t.name);
+        assert_eq!(g.start % 32, 0, "{}: aligned", t.name);
+        assert_eq!(g.ty, expect(&t.name, &t.shape), "{}", t.name);
+        let stored = &bytes[g.start as usize..(g.start + g.nbytes) as usize];
+        let data = ckpt.shards[si].data(t).unwrap();
+        match g.ty {
+            TensorType::Block(ty) => {
+                let mut buf = Vec::new();
+                let x = to_f32(t.dtype, &data, &mut buf);
+                let mut want = vec![0u8; x.len() / 32 * ty.block_bytes()];
+                ggml::quantize_blocks(ty, x, &mut want);
+                assert!(stored == want, "{}: blocks", t.name);
+            }
+            _ => assert!(stored == &data[..], "{}: kept bytes", t.name),
+        }
+    }
+    let last = h.tensors.last().unwrap();
+    assert_eq!(
+        bytes.len() as u64,
+        (last.start + last.nbytes).next_multiple_of(32)
+    );
+    h
+}
+
+#[test]
+fn a_single_file_becomes_one_gguf_with_ggml_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("llama-bf16.safetensors");
+    let out = dir.path().join("m.gguf"); // the extension picks the format, q4_0 by default
+    let run = shrinkray()
+        .args(["quantize", "--json"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let r = json(&run.get_output().stdout);
+    assert_eq!(r["scheme"], "q4_0");
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert_eq!(r["totals"]["output_bytes_actual"], size);
+    assert_eq!(r["totals"]["output_bytes_predicted"], size);
+    let h = check_file(&input, &out, |name, shape| {
+        // 1-D tensors are kept, and so are rows of K = 344 (not a multiple of 32).
+        if shape.len() < 2 || name.contains("down_proj") {
+            TensorType::Plain(Dtype::BF16)
+        } else {
+            TensorType::Block(GgmlType::Q4_0)
+        }
+    });
+    assert_eq!(h.version, 3);
+    assert_eq!(
+        h.get("general.architecture"),
+        Some(&gguf::Value::Str("unknown".into()))
+    );
+    assert_eq!(h.get("general.file_type"), Some(&gguf::Value::U32(2)));
+    assert_eq!(
+        h.get("general.quantization_version"),
+        Some(&gguf::Value::U32(2))
+    );
+    assert_eq!(
+        h.get("format"),
+        Some(&gguf::Value::Str("pt".into())),
+        "safetensors metadata"
+    );
+    // The report's accounting: 18-byte blocks = 16 bytes of codes + a 2-byte scale.
+    let lm = &r["tensors"][0];
+    assert_eq!(lm["name"], "lm_head.weight");
+    assert_eq!(lm["bytes"]["codes"], 256 * 128 / 2);
+    assert_eq!(lm["bytes"]["scales"], 256 * 128 / 32 * 2);
+    let down = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "model.layers.0.mlp.down_proj.weight")
+        .unwrap();
+    assert_eq!(down["keep_reason"], "row not a multiple of 32");
+
+    let v = shrinkray()
+        .args(["verify", "--json", "--max-rel-error", "0.2"])
+        .arg(&input)
+        .arg(&out)
+        .assert()
+        .success();
+    let v = json(&v.get_output().stdout);
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["output_bytes_expected"], size);
+    let (a, b) = (
+        v["error"]["rmse"].as_f64().unwrap(),
+        r["totals"]["error"]["rmse"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() <= 1e-9 * b, "verify {a} vs quantize {b}");
+}
+
+#[test]
+fn a_sharded_checkpoint_becomes_one_gguf_with_overrides_and_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    for e in std::fs::read_dir(fixture("llama-f16")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), ckpt.join(e.file_name())).unwrap();
+    }
+    std::fs::write(ckpt.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    shrinkray()
+        .args(["quantize", "--format", "gguf", "--scheme", "q8_0"])
+        .args(["--override", "q_proj=q4_1", "--keep", "embed_tokens"])
+        .arg(&ckpt)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let file = out.join("model.gguf");
+    let h = check_file(&ckpt, &file, |name, shape| {
+        if name.contains("embed_tokens") || shape.len() < 2 || name.contains("down_proj") {
+            TensorType::Plain(Dtype::F16)
+        } else if name.contains("q_proj") {
+            TensorType::Block(GgmlType::Q4_1)
+        } else {
+            TensorType::Block(GgmlType::Q8_0)
+        }
+    });
+    assert_eq!(
+        h.get("general.architecture"),
+        Some(&gguf::Value::Str("llama".into()))
+    );
+    assert_eq!(h.get("general.file_type"), Some(&gguf::Value::U32(7)));
+    shrinkray()
+        .args(["verify", "--max-rel-error", "0.2"])
+        .arg(&ckpt)
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("PASS"));
+}
+
+#[test]
+fn what_gguf_cannot_hold_is_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.gguf");
+    let odd = fixture("odd-shapes.safetensors");
+    // Scheme families do not mix.
+    shrinkray()
+        .args(["quantize", "--format", "gguf", "--scheme", "int4"])
+        .arg(&odd)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "--scheme int4 is not a GGUF block type",
+        ));
+    shrinkray()
+        .args(["quantize", "--scheme", "q4_0", "--format", "safetensors"])
+        .arg(&odd)
+        .arg("-o")
+        .arg(dir.path().join("q.safetensors"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "--scheme q4_0 is a GGUF block type",
+        ));
+    shrinkray()
+        .args(["quantize", "--override", "lm_head=int8"])
+        .arg(fixture("llama-bf16.safetensors"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "tensor `lm_head.weight`: --override scheme int8 cannot be written to GGUF",
+        ));
+    // GGUF has no U8 or BOOL type.
+    shrinkray()
+        .arg("quantize")
+        .arg(&odd)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("odd-shapes.safetensors"))
+        .stderr(predicate::str::contains("GGUF has no"));
+    // A block whose F16 scale would be infinite (ggml would store Inf).
+    let input = dir.path().join("big.safetensors");
+    let mut v: Vec<f32> = (0..2 * 64).map(|i| (i as f32 * 0.1).sin()).collect();
+    v[70] = 1.0e6;
+    shrinkray::synth::write(
+        &input,
+        &[(
+            "w".into(),
+            Dtype::F32,
+            vec![2, 64],
+            shrinkray::synth::encode(&v, Dtype::F32),
+        )],
+        &[],
+    )
+    .unwrap();
+    shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "tensor `w`: 1 block(s) need a scale or min beyond F16's range",
+        ));
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["big.safetensors"],
+        "no output, no temporary file"
+    );
+    // q8_0 keeps it: 1e6 / 127 fits F16.
+    shrinkray()
+        .args(["quantize", "--scheme", "q8_0"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+}
