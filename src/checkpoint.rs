@@ -134,18 +134,19 @@ impl Shard {
                 source,
             }
         };
-        let file = File::open(path).map_err(io("cannot open"))?;
-        let meta = file.metadata().map_err(io("cannot stat"))?;
+        // stat before open: opening a FIFO or a device could block forever.
+        let meta = std::fs::metadata(path).map_err(io("cannot open"))?;
         if !meta.is_file() {
             return Err(CheckpointError::Header {
                 path: path.to_path_buf(),
                 reason: "not a regular file".into(),
             });
         }
+        let file = File::open(path).map_err(io("cannot open"))?;
         let file_len = meta.len();
-        let bad = |e: SafeTensorError| CheckpointError::Header {
+        let bad = |e: SafeTensorError, bytes: &[u8]| CheckpointError::Header {
             path: path.to_path_buf(),
-            reason: explain(&e, file_len),
+            reason: explain(&e, file_len, header_text(bytes)),
         };
         let (source, n, header) = match mode {
             ReadMode::Map => {
@@ -153,13 +154,12 @@ impl Shard {
                 // must not be truncated or rewritten while shrinkray runs (README,
                 // "mmap hazards"); shrinkray itself never writes to an input path.
                 let map = unsafe { Mmap::map(&file) }.map_err(io("cannot memory-map"))?;
-                let (n, header) = SafeTensors::read_metadata(&map).map_err(bad)?;
+                let (n, header) = SafeTensors::read_metadata(&map).map_err(|e| bad(e, &map))?;
                 (Source::Map(map), n, header)
             }
             ReadMode::Read => {
-                let (n, header) = read_header(&file, file_len)
-                    .map_err(io("cannot read"))?
-                    .map_err(bad)?;
+                let prefix = read_prefix(&file, file_len).map_err(io("cannot read"))?;
+                let (n, header) = check_prefix(&prefix, file_len).map_err(|e| bad(e, &prefix))?;
                 (Source::Read(file), n, header)
             }
         };
@@ -264,47 +264,131 @@ pub fn map_file(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.map_err(io("cannot memory-map"))
 }
 
-/// Reads and validates a header with plain reads, making every check
-/// `SafeTensors::read_metadata` makes on a mapped file. Allocates at most the
-/// header length, after checking it against the 100 MB cap and the file size.
-fn read_header(
-    mut file: &File,
-    file_len: u64,
-) -> std::io::Result<std::result::Result<(usize, Metadata), SafeTensorError>> {
+/// The first `8 + N` bytes of a file (length prefix and header), read with
+/// plain reads: at most 8 bytes when `N` is over the 100 MB cap or past the
+/// end of the file, so nothing is allocated from an unchecked length.
+fn read_prefix(mut file: &File, file_len: u64) -> std::io::Result<Vec<u8>> {
     const CAP: u64 = 100_000_000;
-    let mut len = [0u8; 8];
-    if file_len < 8 {
-        return Ok(Err(SafeTensorError::HeaderTooSmall));
+    let mut buf = vec![0u8; file_len.min(8) as usize];
+    file.read_exact(&mut buf)?;
+    if let Ok(len) = <[u8; 8]>::try_from(&buf[..]) {
+        let n = u64::from_le_bytes(len);
+        if n <= CAP && 8 + n <= file_len {
+            buf.resize(8 + n as usize, 0);
+            file.read_exact(&mut buf[8..])?;
+        }
     }
-    file.read_exact(&mut len)?;
-    let n = u64::from_le_bytes(len);
-    if n > CAP {
-        return Ok(Err(SafeTensorError::HeaderTooLarge));
-    }
-    if 8 + n > file_len {
-        return Ok(Err(SafeTensorError::InvalidHeaderLength));
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header)?;
-    let text = match std::str::from_utf8(&header) {
-        Ok(t) => t,
-        Err(e) => return Ok(Err(SafeTensorError::InvalidHeader(e))),
-    };
-    // `Metadata`'s deserializer runs the same offset and size validation as
-    // `read_metadata`; its errors arrive as JSON errors carrying that message.
-    let meta: Metadata = match serde_json::from_str(text) {
-        Ok(m) => m,
-        Err(e) => return Ok(Err(SafeTensorError::InvalidHeaderDeserialization(e))),
-    };
-    if 8 + n + meta.data_len() as u64 != file_len {
-        return Ok(Err(SafeTensorError::MetadataIncompleteBuffer));
-    }
-    Ok(Ok((n as usize, meta)))
+    Ok(buf)
 }
 
-/// Turns a safetensors error into the rule it names.
-fn explain(e: &SafeTensorError, file_len: u64) -> String {
+/// Validates a header read by [`read_prefix`] with the very checks (and
+/// errors) `SafeTensors::read_metadata` makes on a whole mapped file: it is
+/// given the prefix alone, so a valid header fails only on the data length,
+/// which is then checked against the file's size.
+fn check_prefix(
+    prefix: &[u8],
+    file_len: u64,
+) -> std::result::Result<(usize, Metadata), SafeTensorError> {
+    if prefix.len() < 8 {
+        return Err(SafeTensorError::HeaderTooSmall);
+    }
+    let n = prefix.len() - 8;
+    let declared = u64::from_le_bytes(prefix[..8].try_into().expect("8 bytes"));
+    if declared > 100_000_000 {
+        return Err(SafeTensorError::HeaderTooLarge);
+    }
+    if declared != n as u64 {
+        return Err(SafeTensorError::InvalidHeaderLength);
+    }
+    let meta = match SafeTensors::read_metadata(prefix) {
+        Ok((_, meta)) => meta,
+        Err(SafeTensorError::MetadataIncompleteBuffer) => {
+            let text = std::str::from_utf8(&prefix[8..]).expect("read_metadata checked UTF-8");
+            serde_json::from_str::<Metadata>(text).expect("read_metadata parsed and validated it")
+        }
+        Err(e) => return Err(e),
+    };
+    if 8 + n as u64 + meta.data_len() as u64 != file_len {
+        return Err(SafeTensorError::MetadataIncompleteBuffer);
+    }
+    Ok((n, meta))
+}
+
+/// The JSON header inside `bytes` (a file's start), if it can be read as text.
+fn header_text(bytes: &[u8]) -> Option<&str> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = 8usize.checked_add(usize::try_from(n).ok()?)?;
+    std::str::from_utf8(bytes.get(8..end)?).ok()
+}
+
+/// The first tensor entry of a header that breaks a per-tensor rule, and the
+/// rule: used to name the tensor when the safetensors crate's error does not.
+fn culprit(header: &str) -> Option<(String, Option<String>)> {
+    use safetensors::tensor::TensorInfo;
+    let serde_json::Value::Object(map) = serde_json::from_str(header).ok()? else {
+        return None;
+    };
+    // A rule of `None`: the entry does not deserialize (the caller has serde's message).
+    for (name, v) in map {
+        if name == "__metadata__" {
+            if serde_json::from_value::<HashMap<String, String>>(v).is_err() {
+                return Some((name, None));
+            }
+            continue;
+        }
+        let Ok(info) = serde_json::from_value::<TensorInfo>(v) else {
+            return Some((name, None));
+        };
+        let bits = info
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(info.dtype.bitsize()));
+        let (b, e) = info.data_offsets;
+        let rule = match bits {
+            None => "its shape × dtype size overflows".to_string(),
+            Some(bits) if bits % 8 != 0 => {
+                format!("its size is not a whole number of bytes ({bits} bits)")
+            }
+            Some(bits) if e.checked_sub(b) != Some(bits / 8) => format!(
+                "its byte range [{b}, {e}) does not equal shape {:?} × {} = {} bytes",
+                info.shape,
+                info.dtype,
+                bits / 8
+            ),
+            _ => continue,
+        };
+        return Some((name, Some(rule)));
+    }
+    None
+}
+
+/// Turns a safetensors error into the rule it names, naming the tensor
+/// concerned when the header (`header`) shows which one it is.
+fn explain(e: &SafeTensorError, file_len: u64, header: Option<&str>) -> String {
     use SafeTensorError::*;
+    let named = matches!(
+        e,
+        InvalidHeaderDeserialization(_)
+            | JsonError(_)
+            | TensorInvalidInfo
+            | ValidationOverflow
+            | MisalignedSlice
+    );
+    if let Some((name, rule)) = header.filter(|_| named).and_then(culprit) {
+        let what = if name == "__metadata__" {
+            "`__metadata__` (string → string)".to_string()
+        } else {
+            format!("tensor `{name}`")
+        };
+        return match (e, rule) {
+            (InvalidHeaderDeserialization(err) | JsonError(err), _) => {
+                format!("header is not valid safetensors JSON: {what}: {err}")
+            }
+            (_, Some(rule)) => format!("{}: {what}: {rule}", explain(e, file_len, None)),
+            (_, None) => format!("{}: {what}", explain(e, file_len, None)),
+        };
+    }
     match e {
         HeaderTooSmall => format!("file is {file_len} bytes, too short for the 8-byte header length"),
         HeaderTooLarge => "header length is over the 100 MB cap".into(),
@@ -397,6 +481,9 @@ impl Checkpoint {
             path: index_path.to_path_buf(),
             reason,
         };
+        if !index_path.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
         let bytes = std::fs::read(index_path).map_err(|source| CheckpointError::Io {
             path: index_path.to_path_buf(),
             what: "cannot read",

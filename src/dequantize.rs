@@ -11,7 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::decode::{decode_rows, read_items, Item, Quantized};
 use crate::engine::{from_f32, CHUNK_ELEMS};
 use crate::format::{layout, OutTensor, METADATA_KEY};
-use crate::writer::{resolve_outputs, write_index, PendingFile};
+use crate::writer::{resolve_outputs, write_index, CreatedDir, PendingFile};
 use crate::{progress_bar, with_threads, Error, Result};
 
 /// Options of a dequantize run.
@@ -67,6 +67,7 @@ pub fn dequantize(
     let items = read_items(&ckpt)?;
     let names: Vec<String> = ckpt.shards.iter().map(|s| s.file_name.clone()).collect();
     let paths = resolve_outputs(&ckpt, &names, output, opts.force, false, false)?;
+    let created = CreatedDir::new(paths.created.clone());
 
     // Lay out every output file before writing any.
     let mut per_shard: Vec<Vec<(&Item, OutTensor)>> = vec![Vec::new(); ckpt.shards.len()];
@@ -164,6 +165,7 @@ pub fn dequantize(
         let p = write_index(index_path, &index.metadata, &weight_map, data)?;
         summary.outputs.push(p.display().to_string());
     }
+    created.keep();
     Ok(summary)
 }
 

@@ -18,9 +18,14 @@ fn main() -> ExitCode {
                 eprintln!("error: {stop}");
                 return ExitCode::from(stop.exit_code());
             }
-            eprintln!("error: {e}");
+            let message = e.to_string();
+            eprintln!("error: {message}");
+            // Errors that already quote their cause do not repeat it.
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    eprintln!("  caused by: {cause}");
+                }
             }
             ExitCode::from(1)
         }

@@ -7,7 +7,9 @@ use crate::checkpoint::{Checkpoint, ReadMode};
 use crate::engine::{self, Nonfinite, RunOutcome};
 use crate::plan::{weight_map, Plan, Rules};
 use crate::report::{self, Measured, Report};
-use crate::writer::{free_space, parent_dir, resolve_outputs, write_index, PendingFile};
+use crate::writer::{
+    free_space, parent_dir, resolve_outputs, write_index, CreatedDir, PendingFile,
+};
 use crate::{progress_bar, thread_count, with_threads, Result};
 use shrinkray_kernels::{selected_isa, Isa};
 
@@ -78,12 +80,16 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
     let ckpt = Checkpoint::open_with(input, opts.read_mode)?;
     let mut rules = opts.rules.clone();
     let mut widened = Vec::new();
+    let mut created = CreatedDir::default();
     // At most two passes: the second only when the first found tensors whose
     // scales do not fit the scale dtype (their F32 scales move every offset).
     let (plan, names, paths, files, outcomes) = loop {
         let plan = Plan::build(&ckpt, &rules)?;
         let names = shard_names(&plan);
         let paths = resolve_outputs(&ckpt, &names, output, opts.force, false, plan.is_gguf())?;
+        if !created.is_set() {
+            created = CreatedDir::new(paths.created.clone());
+        }
         let files = plan
             .shards
             .iter()
@@ -146,6 +152,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         thread_count(opts.threads),
     );
     report.warnings.extend(widened.iter().map(|w| w.describe()));
+    created.keep();
     Ok(report)
 }
 

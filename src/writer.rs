@@ -207,6 +207,38 @@ pub struct OutputPaths {
     pub files: Vec<PathBuf>,
     /// The index, for sharded output.
     pub index: Option<PathBuf>,
+    /// The output directory, when this call created it.
+    pub created: Option<PathBuf>,
+}
+
+/// Removes a directory a run created, unless the run finished ([`CreatedDir::keep`]).
+/// Only an empty directory is removed: the files of a failed run remove themselves first.
+#[derive(Debug, Default)]
+pub struct CreatedDir(Option<PathBuf>);
+
+impl CreatedDir {
+    /// Guards `dir` (nothing when `None`).
+    pub fn new(dir: Option<PathBuf>) -> CreatedDir {
+        CreatedDir(dir)
+    }
+
+    /// Whether a directory is guarded.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The run finished: keep the directory.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CreatedDir {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
 }
 
 /// Resolves `out` for a checkpoint whose output files are named `names`
@@ -236,6 +268,7 @@ pub fn resolve_outputs(
                 "sharded output needs a directory, and this is a file",
             ));
         }
+        let mut created = None;
         if !out.exists() {
             let parent = parent_dir(out);
             if !parent.is_dir() {
@@ -244,13 +277,18 @@ pub fn resolve_outputs(
             if !dry_run {
                 std::fs::create_dir(out)
                     .map_err(io_err(out, "cannot create the output directory"))?;
+                created = Some(out.to_path_buf());
             }
         }
         OutputPaths {
             files: names.iter().map(|n| out.join(n)).collect(),
             index: Some(out.join(INDEX_FILE)),
+            created,
         }
     } else {
+        if !out.is_dir() && out.as_os_str().to_string_lossy().ends_with('/') {
+            return Err(refuse(out, "the output directory does not exist"));
+        }
         let file = if out.is_dir() {
             out.join(&names[0])
         } else {
@@ -262,6 +300,7 @@ pub fn resolve_outputs(
         OutputPaths {
             files: vec![file],
             index: None,
+            created: None,
         }
     };
     let inputs: Vec<PathBuf> = ckpt
