@@ -1051,7 +1051,7 @@ rejected! {
             let out = write(&d.out.join("packed"), b"precious");
             Setup::new(two_shards(&d.at("ck"))).naming(&out).arg("--force")
         }),
-    output_with_trailing_slash_to_a_missing_directory => case(&[Quantize, DryRun],
+    output_with_trailing_slash_to_a_missing_directory => case(&[Quantize],
         &["the output directory does not exist"],
         |d| {
             let out = PathBuf::from(format!("{}/", d.out.join("nope").display()));
