@@ -43,6 +43,14 @@ pub enum CheckpointError {
         /// The rule broken.
         reason: String,
     },
+    /// A GGUF header breaks a rule of the format, or holds what shrinkray does not read.
+    #[error("{path}: not a GGUF file shrinkray can read: {reason}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// The rule broken.
+        reason: String,
+    },
     /// The index file is malformed or disagrees with its shards.
     #[error("{path}: invalid checkpoint index: {reason}")]
     Index {
@@ -106,7 +114,7 @@ enum Source {
     Read(File),
 }
 
-/// One safetensors file whose header has been validated.
+/// One safetensors (or GGUF) file whose header has been validated.
 #[derive(Debug)]
 pub struct Shard {
     /// Where the file is.
@@ -121,6 +129,8 @@ pub struct Shard {
     pub metadata: BTreeMap<String, String>,
     /// The tensors, in file order.
     pub tensors: Vec<TensorEntry>,
+    /// The key-value metadata of a GGUF file, in file order (`None` for safetensors).
+    pub gguf: Option<Vec<(String, crate::gguf::Value)>>,
     source: Source,
 }
 
@@ -141,6 +151,11 @@ impl Shard {
                 path: path.to_path_buf(),
                 reason: "not a regular file".into(),
             });
+        }
+        let file = File::open(path).map_err(io("cannot open"))?;
+        let mut magic = [0u8; 4];
+        if (&file).read_exact(&mut magic).is_ok() && crate::gguf::is_gguf(&magic) {
+            return Shard::open_gguf(path, &meta, mode);
         }
         let file = File::open(path).map_err(io("cannot open"))?;
         let file_len = meta.len();
@@ -190,7 +205,52 @@ impl Shard {
             header_len: data_start as u64,
             metadata,
             tensors,
+            gguf: None,
             source,
+        })
+    }
+
+    /// Opens a GGUF file holding F32, F16, BF16 (or integer) tensors: the
+    /// input of a GGUF-to-GGUF quantization.
+    fn open_gguf(path: &Path, meta: &std::fs::Metadata, mode: ReadMode) -> Result<Shard> {
+        let bad = |reason: String| CheckpointError::Gguf {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if mode == ReadMode::Read {
+            return Err(bad("--no-mmap reads safetensors files only".into()));
+        }
+        let map = map_file(path)?;
+        let h = crate::gguf::read_header(&map).map_err(bad)?;
+        let mut tensors = Vec::with_capacity(h.tensors.len());
+        for t in &h.tensors {
+            let crate::gguf::TensorType::Plain(dtype) = t.ty else {
+                return Err(bad(format!(
+                    "tensor `{}` is already quantized ({}); shrinkray quantizes GGUF files of F32, F16 or BF16 tensors",
+                    t.name,
+                    t.ty.name()
+                )));
+            };
+            tensors.push(TensorEntry {
+                name: t.name.clone(),
+                dtype,
+                shape: t.shape.clone(),
+                start: t.start as usize,
+                end: (t.start + t.nbytes) as usize,
+            });
+        }
+        Ok(Shard {
+            file_name: path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_path_buf(),
+            file_len: meta.len(),
+            header_len: h.data_start,
+            metadata: BTreeMap::new(),
+            tensors,
+            gguf: Some(h.kvs),
+            source: Source::Map(map),
         })
     }
 

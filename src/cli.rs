@@ -277,9 +277,16 @@ fn output_format(a: &QuantizeArgs) -> anyhow::Result<(Scheme, Option<GgmlType>)>
         o.extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     });
+    let gguf_input = a.input.is_file()
+        && std::fs::File::open(&a.input)
+            .and_then(|mut f| {
+                let mut m = [0u8; 4];
+                std::io::Read::read_exact(&mut f, &mut m).map(|_| m)
+            })
+            .is_ok_and(|m| shrinkray::gguf::is_gguf(&m));
     let gguf = match a.format.as_deref() {
         Some(f) => f == "gguf",
-        None => by_name || matches!(a.scheme, Some(AnyScheme::Ggml(_))),
+        None => by_name || gguf_input || matches!(a.scheme, Some(AnyScheme::Ggml(_))),
     };
     match (gguf, a.scheme) {
         (false, None) => Ok((Scheme::Int4Asym, None)),

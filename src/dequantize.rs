@@ -1,16 +1,19 @@
 //! The `dequantize` operation: a packed checkpoint back to plain tensors with
-//! their original names, shapes and (by default) dtypes.
+//! their original names, shapes and (by default) dtypes; or a GGUF file of
+//! q8_0/q4_0/q4_1 blocks back to a safetensors file.
 
 use std::path::Path;
 
 use rayon::prelude::*;
 use safetensors::Dtype;
 use serde::Serialize;
+use shrinkray_kernels::ggml;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{map_file, Checkpoint};
 use crate::decode::{decode_rows, read_items, Item, Quantized};
 use crate::engine::{from_f32, CHUNK_ELEMS};
 use crate::format::{layout, OutTensor, METADATA_KEY};
+use crate::gguf;
 use crate::writer::{resolve_outputs, write_index, CreatedDir, PendingFile};
 use crate::{progress_bar, with_threads, Error, Result};
 
@@ -40,12 +43,18 @@ pub struct DequantizeSummary {
     pub bytes_written: u64,
 }
 
-/// Restores `input` (a packed checkpoint) into `output`.
+/// Restores `input` (a packed checkpoint, or a GGUF file) into `output`.
 pub fn dequantize(
     input: &Path,
     output: &Path,
     opts: &DequantizeOptions,
 ) -> Result<DequantizeSummary> {
+    if input.is_file() {
+        let map = map_file(input)?;
+        if gguf::is_gguf(&map) {
+            return dequantize_gguf(input, &map, output, opts);
+        }
+    }
     let ckpt = Checkpoint::open(input)?;
     if !ckpt
         .shards
@@ -166,6 +175,115 @@ pub fn dequantize(
         summary.outputs.push(p.display().to_string());
     }
     created.keep();
+    Ok(summary)
+}
+
+/// Restores a GGUF file into one safetensors file: q8_0/q4_0/q4_1 tensors
+/// decoded with ggml's formulas into `--dtype` (F32 by default: GGUF does not
+/// record the original dtype), plain tensors copied, string key-values kept
+/// as `__metadata__`. Other ggml block types are refused, naming the tensor.
+fn dequantize_gguf(
+    input: &Path,
+    map: &[u8],
+    output: &Path,
+    opts: &DequantizeOptions,
+) -> Result<DequantizeSummary> {
+    let bad = |e: String| Error::Other(format!("{}: {e}", input.display()));
+    let h = gguf::read_header(map).map_err(|e| bad(format!("not a valid GGUF file: {e}")))?;
+    let dtype = opts.dtype.unwrap_or(Dtype::F32);
+    let mut outs = Vec::with_capacity(h.tensors.len());
+    for t in &h.tensors {
+        let (dtype, nbytes) = match t.ty {
+            gguf::TensorType::Plain(d) => (d, t.nbytes),
+            gguf::TensorType::Block(_) => (dtype, t.numel() * (dtype.bitsize() / 8) as u64),
+            gguf::TensorType::Other(..) => {
+                return Err(bad(format!(
+                    "tensor `{}` is {}, which shrinkray does not decode (q8_0, q4_0 and q4_1 only)",
+                    t.name,
+                    t.ty.name()
+                )))
+            }
+        };
+        outs.push(OutTensor {
+            name: t.name.clone(),
+            dtype,
+            shape: t.shape.clone(),
+            nbytes,
+        });
+    }
+    let md: std::collections::BTreeMap<String, String> = h
+        .kvs
+        .iter()
+        .filter_map(|(k, v)| match v {
+            gguf::Value::Str(s) => Some((k.clone(), s.clone())),
+            _ => None,
+        })
+        .collect();
+    let l = layout(&outs, &md).map_err(bad)?;
+    let file = if output.is_dir() {
+        let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned());
+        output.join(format!(
+            "{}.safetensors",
+            stem.unwrap_or_else(|| "model".into())
+        ))
+    } else {
+        output.to_path_buf()
+    };
+    if file.exists() && !opts.force {
+        return Err(Error::Other(format!(
+            "{}: already exists (use --force to replace it)",
+            file.display()
+        )));
+    }
+    if file.canonicalize().ok() == input.canonicalize().ok() {
+        return Err(Error::Other(format!(
+            "{}: this is the input file: shrinkray never writes over its input",
+            file.display()
+        )));
+    }
+    let pending = PendingFile::create(&file, l.total)?;
+    pending.write_at(&l.header, 0)?;
+    let pb = progress_bar(l.total, opts.progress, "restore");
+    let mut summary = DequantizeSummary {
+        outputs: Vec::new(),
+        tensors_restored: 0,
+        tensors_copied: 0,
+        bytes_written: 0,
+    };
+    with_threads(opts.threads, || -> Result<()> {
+        for ((t, out), &at) in h.tensors.iter().zip(&outs).zip(&l.offsets) {
+            crate::interrupt::check()?;
+            let stored = &map[t.start as usize..(t.start + t.nbytes) as usize];
+            match t.ty {
+                gguf::TensorType::Block(ty) => {
+                    let k = t.shape.last().copied().unwrap_or(1);
+                    let esize = out.dtype.bitsize() / 8;
+                    let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
+                    let mut bytes = vec![0u8; out.nbytes as usize];
+                    bytes
+                        .par_chunks_mut((rpc * k * esize).max(1))
+                        .zip(stored.par_chunks((rpc * ty.row_bytes(k)).max(1)))
+                        .for_each_init(Vec::new, |buf: &mut Vec<f32>, (chunk, blocks)| {
+                            buf.resize(chunk.len() / esize, 0.0);
+                            ggml::dequantize_blocks(ty, blocks, buf);
+                            from_f32(out.dtype, buf, chunk);
+                        });
+                    pending.write_at(&bytes, at)?;
+                    summary.tensors_restored += 1;
+                }
+                _ => {
+                    pending.write_at(stored, at)?;
+                    summary.tensors_copied += 1;
+                }
+            }
+            pb.inc(out.nbytes);
+        }
+        Ok(())
+    })??;
+    pb.finish_and_clear();
+    let p = pending.finish()?;
+    summary.bytes_written = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+    summary.outputs.push(p.display().to_string());
     Ok(summary)
 }
 

@@ -5,9 +5,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{map_file, Checkpoint};
 use crate::decode::{read_items, Item};
 use crate::format::METADATA_KEY;
+use crate::gguf;
 use crate::report::shape_str;
 use crate::units::{bytes, count, Table};
 use crate::Result;
@@ -51,6 +52,8 @@ pub struct Inspection {
     pub path: String,
     /// Whether it is a shrinkray packed checkpoint.
     pub packed: bool,
+    /// GGUF version, for a GGUF file.
+    pub gguf_version: Option<u32>,
     /// Files and their sizes.
     pub files: BTreeMap<String, u64>,
     /// Total file bytes.
@@ -65,8 +68,14 @@ pub struct Inspection {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Inspects a checkpoint.
+/// Inspects a checkpoint (safetensors, packed, or one GGUF file).
 pub fn inspect(path: &Path) -> Result<Inspection> {
+    if path.is_file() {
+        let map = map_file(path)?;
+        if gguf::is_gguf(&map) {
+            return inspect_gguf(path, &map);
+        }
+    }
     let ckpt = Checkpoint::open(path)?;
     let packed = ckpt
         .shards
@@ -113,6 +122,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     Ok(Inspection {
         path: path.display().to_string(),
         packed,
+        gguf_version: None,
         files: ckpt
             .shards
             .iter()
@@ -126,6 +136,60 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     })
 }
 
+/// Lists a GGUF file: its tensors with their ggml types, and its key-values.
+fn inspect_gguf(path: &Path, map: &[u8]) -> Result<Inspection> {
+    let h = gguf::read_header(map).map_err(|e| {
+        crate::Error::Other(format!("{}: not a valid GGUF file: {e}", path.display()))
+    })?;
+    let file = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rows: Vec<InspectRow> = h
+        .tensors
+        .iter()
+        .map(|t| {
+            let params = t.numel();
+            let dtype = match t.ty {
+                gguf::TensorType::Plain(d) => d.to_string(),
+                _ => "-".into(),
+            };
+            InspectRow {
+                name: t.name.clone(),
+                file: file.clone(),
+                dtype,
+                shape: t.shape.clone(),
+                params,
+                stored_as: t.ty.name(),
+                bytes: t.nbytes,
+                bits_per_weight: if params > 0 {
+                    t.nbytes as f64 * 8.0 / params as f64
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    let mut by = BTreeMap::<String, Group>::new();
+    for r in &rows {
+        let g = by.entry(r.stored_as.clone()).or_default();
+        g.tensors += 1;
+        g.params += r.params;
+        g.bytes += r.bytes;
+    }
+    Ok(Inspection {
+        path: path.display().to_string(),
+        packed: false,
+        gguf_version: Some(h.version),
+        files: BTreeMap::from([(file, map.len() as u64)]),
+        file_bytes: map.len() as u64,
+        params: rows.iter().map(|r| r.params).sum(),
+        tensors: rows,
+        by_stored_as: by,
+        metadata: h.kvs.iter().map(|(k, v)| (k.clone(), v.show())).collect(),
+    })
+}
+
 impl Inspection {
     /// The human-readable listing.
     pub fn render(&self) -> String {
@@ -135,10 +199,10 @@ impl Inspection {
             self.files.len(),
             bytes(self.file_bytes),
             self.file_bytes,
-            if self.packed {
-                ", shrinkray packed format 1"
-            } else {
-                ""
+            match (self.packed, self.gguf_version) {
+                (true, _) => ", shrinkray packed format 1".to_string(),
+                (false, Some(v)) => format!(", GGUF version {v}"),
+                _ => String::new(),
             }
         );
         let mut t = Table::new(&[

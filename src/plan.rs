@@ -179,6 +179,8 @@ pub enum KeepReason {
     Matched(String),
     /// GGUF blocks need rows that are a multiple of 32 elements.
     NotBlockMultiple,
+    /// GGUF input: llama.cpp's quantizer keeps it (norms, routers, small weights).
+    NotWeight,
 }
 
 impl fmt::Display for KeepReason {
@@ -190,6 +192,7 @@ impl fmt::Display for KeepReason {
             KeepReason::OneDim => f.write_str("1-D"),
             KeepReason::Matched(p) => write!(f, "--keep {p}"),
             KeepReason::NotBlockMultiple => f.write_str("row not a multiple of 32"),
+            KeepReason::NotWeight => f.write_str("llama.cpp keeps it"),
         }
     }
 }
@@ -331,6 +334,13 @@ impl Plan {
     pub fn build(ckpt: &Checkpoint, rules: &Rules) -> Result<Plan, PlanError> {
         if let Some(default) = rules.gguf {
             return Self::build_gguf(ckpt, rules, default);
+        }
+        if let Some(s) = ckpt.shards.iter().find(|s| s.gguf.is_some()) {
+            return Err(PlanError {
+                file: s.path.display().to_string(),
+                reason: "a GGUF input is written as GGUF: use --format gguf (or -o NAME.gguf)"
+                    .into(),
+            });
         }
         let mut shards = Vec::with_capacity(ckpt.shards.len());
         for (si, shard) in ckpt.shards.iter().enumerate() {
@@ -490,7 +500,15 @@ impl Plan {
                 ));
             }
             for t in &shard.tensors {
-                let action = decide(t, rules).map_err(err)?;
+                let mut action = decide(t, rules).map_err(err)?;
+                // GGUF input: quantize what llama-quantize quantizes (unless an override says so).
+                if shard.gguf.is_some()
+                    && matches!(action, Action::Ggml(_))
+                    && !llama_quantizes(&t.name, t.shape.len())
+                    && !rules.overrides.iter().any(|o| o.pattern.is_match(&t.name))
+                {
+                    action = Action::Keep(KeepReason::NotWeight);
+                }
                 let k = t.shape.last().copied().unwrap_or(1);
                 let rows = t.numel().checked_div(k).unwrap_or(0);
                 let (ty, nbytes) = match action {
@@ -529,29 +547,35 @@ impl Plan {
                 tensors.push((si, t.clone(), action, rows, k, kind));
             }
         }
-        let mut kvs = vec![(
-            "general.architecture".to_string(),
-            gguf::Value::Str(architecture(ckpt)),
-        )];
-        kvs.push((
-            "general.file_type".into(),
-            gguf::Value::U32(default.file_type()),
-        ));
-        if any_quantized {
-            kvs.push((
-                "general.quantization_version".into(),
-                gguf::Value::U32(gguf::QUANTIZATION_VERSION),
-            ));
-        }
-        let mut md = BTreeMap::new();
-        for shard in &ckpt.shards {
-            md.extend(shard.metadata.clone());
-        }
-        for (k, v) in md {
-            if !kvs.iter().any(|(key, _)| *key == k) {
-                kvs.push((k, gguf::Value::Str(v)));
+        let kvs = match &ckpt.shards[0].gguf {
+            Some(input) => gguf_input_kvs(input, default),
+            None => {
+                let mut kvs = vec![(
+                    "general.architecture".to_string(),
+                    gguf::Value::Str(architecture(ckpt)),
+                )];
+                kvs.push((
+                    "general.file_type".into(),
+                    gguf::Value::U32(default.file_type()),
+                ));
+                if any_quantized {
+                    kvs.push((
+                        "general.quantization_version".into(),
+                        gguf::Value::U32(gguf::QUANTIZATION_VERSION),
+                    ));
+                }
+                let mut md = BTreeMap::new();
+                for shard in &ckpt.shards {
+                    md.extend(shard.metadata.clone());
+                }
+                for (k, v) in md {
+                    if !kvs.iter().any(|(key, _)| *key == k) {
+                        kvs.push((k, gguf::Value::Str(v)));
+                    }
+                }
+                kvs
             }
-        }
+        };
         let file = ckpt.path.display().to_string();
         let layout = gguf::layout(&kvs, &outs).map_err(|reason| PlanError {
             file: file.clone(),
@@ -611,6 +635,54 @@ impl Plan {
             .map(|s| s.layout.total - s.tensors.iter().map(|t| t.out_bytes()).sum::<u64>())
             .sum()
     }
+}
+
+/// The key-values of a GGUF output made from a GGUF input, as llama-quantize
+/// makes them: every input pair in order, then `general.quantization_version`
+/// and `general.file_type` set (in place when present, else appended), and
+/// `general.alignment` dropped (the output uses the default, 32).
+pub fn gguf_input_kvs(
+    input: &[(String, gguf::Value)],
+    default: GgmlType,
+) -> Vec<(String, gguf::Value)> {
+    let mut kvs: Vec<_> = input
+        .iter()
+        .filter(|(k, _)| k != "general.alignment")
+        .cloned()
+        .collect();
+    let mut set = |key: &str, v: gguf::Value| match kvs.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = v,
+        None => kvs.push((key.to_string(), v)),
+    };
+    set(
+        "general.quantization_version",
+        gguf::Value::U32(gguf::QUANTIZATION_VERSION),
+    );
+    set("general.file_type", gguf::Value::U32(default.file_type()));
+    kvs
+}
+
+/// Whether llama.cpp's quantizer quantizes a tensor of this name and rank
+/// (its `tensor_allows_quantization`, with `--pure`: the output and token
+/// embedding tensors get the requested type too).
+pub fn llama_quantizes(name: &str, n_dims: usize) -> bool {
+    const NEVER: [&str; 9] = [
+        "_norm.weight",
+        "ffn_gate_inp.weight",
+        "ffn_gate_tid2eid.weight",
+        "altup",
+        "laurel",
+        "per_layer_model_proj",
+        "ssm_conv1d",
+        "shortconv.conv.weight",
+        "attn_rel_b.weight",
+    ];
+    n_dims >= 2
+        && name.ends_with("weight")
+        && !NEVER.iter().any(|p| name.contains(p))
+        && !name.contains("time_mix_") // RWKV's small 2-D weights
+        && name != "position_embd.weight"
+        && name != "token_types.weight"
 }
 
 /// `general.architecture` for a GGUF file: `model_type` from a `config.json`

@@ -270,3 +270,137 @@ fn what_gguf_cannot_hold_is_refused_naming_the_tensor() {
         .assert()
         .success();
 }
+
+#[test]
+fn inspect_and_dequantize_read_gguf_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("llama-bf16.safetensors");
+    let out = dir.path().join("m.gguf");
+    shrinkray()
+        .args(["quantize", "--scheme", "q4_1"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let i = shrinkray()
+        .args(["inspect", "--json"])
+        .arg(&out)
+        .assert()
+        .success();
+    let i = json(&i.get_output().stdout);
+    assert_eq!(i["gguf_version"], 3);
+    assert_eq!(i["by_stored_as"]["q4_1"]["tensors"], 14);
+    assert_eq!(i["metadata"]["general.file_type"], "3");
+    // Restored as F32: every block decodes to what the kernel's decoder gives.
+    let restored = dir.path().join("r.safetensors");
+    shrinkray()
+        .arg("dequantize")
+        .arg(&out)
+        .arg("-o")
+        .arg(&restored)
+        .assert()
+        .success();
+    let bytes = std::fs::read(&out).unwrap();
+    let h = gguf::read_header(&bytes).unwrap();
+    let back = Checkpoint::open(&restored).unwrap();
+    assert_eq!(back.tensors().count(), h.tensors.len());
+    for g in &h.tensors {
+        let t = back.shards[0]
+            .tensor(&g.name)
+            .expect("every tensor restored");
+        assert_eq!(t.shape, g.shape, "{}", g.name);
+        let stored = &bytes[g.start as usize..(g.start + g.nbytes) as usize];
+        let data = back.shards[0].data(t).unwrap();
+        match g.ty {
+            TensorType::Block(ty) => {
+                assert_eq!(t.dtype, Dtype::F32);
+                let mut want = vec![0f32; t.numel()];
+                ggml::dequantize_blocks(ty, stored, &mut want);
+                let mut buf = Vec::new();
+                assert!(
+                    to_f32(Dtype::F32, &data, &mut buf) == &want[..],
+                    "{}",
+                    t.name
+                );
+            }
+            _ => assert!(&data[..] == stored, "{}", t.name),
+        }
+    }
+    assert_eq!(
+        back.shards[0]
+            .metadata
+            .get("general.architecture")
+            .map(String::as_str),
+        Some("unknown")
+    );
+}
+
+/// GGUF in, GGUF out: the drop-in for `llama-quantize --pure`. The expected
+/// files were written by gguf-py (`fixtures/gguf/make_model.py`) under the rule
+/// shrinkray implements: every key-value kept in order, quantization version
+/// and file type set, llama.cpp's choice of tensors to quantize.
+#[test]
+fn a_gguf_input_gives_exactly_the_file_gguf_py_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("gguf/tiny-llama-f16.gguf");
+    for ty in ["q8_0", "q4_0", "q4_1"] {
+        let out = dir.path().join(format!("{ty}.gguf"));
+        let run = shrinkray()
+            .args(["quantize", "--json", "--scheme", ty])
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success();
+        let r = json(&run.get_output().stdout);
+        let want = std::fs::read(fixture(&format!("gguf/tiny-llama-{ty}.expected.gguf"))).unwrap();
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            got == want,
+            "{ty}: differs from gguf-py's file ({} vs {} bytes)",
+            got.len(),
+            want.len()
+        );
+        assert_eq!(r["totals"]["output_bytes_predicted"], want.len());
+        let keep = |name: &str| {
+            r["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == name)
+                .unwrap()["keep_reason"]
+                .clone()
+        };
+        assert_eq!(keep("blk.0.ffn_gate_inp.weight"), "llama.cpp keeps it");
+        assert_eq!(keep("blk.0.odd.weight"), "row not a multiple of 32");
+        assert_eq!(keep("blk.0.attn_norm.weight"), "1-D");
+        shrinkray()
+            .args(["verify", "--max-rel-error", "0.2"])
+            .arg(&input)
+            .arg(&out)
+            .assert()
+            .success();
+    }
+    // A GGUF input is written as GGUF.
+    shrinkray()
+        .args(["quantize", "--format", "safetensors"])
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path().join("x.safetensors"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("a GGUF input is written as GGUF"));
+    // An already quantized GGUF is refused, naming the tensor.
+    shrinkray()
+        .arg("quantize")
+        .arg(fixture("gguf/tiny-ref.gguf"))
+        .arg("-o")
+        .arg(dir.path().join("y.gguf"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("tiny-ref.gguf"))
+        .stderr(predicate::str::contains(
+            "tensor `tiny.q4_0_2d` is already quantized (q4_0)",
+        ));
+}
