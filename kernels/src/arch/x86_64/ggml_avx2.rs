@@ -1,0 +1,552 @@
+//! AVX2 + F16C kernels for ggml's Q8_0, Q4_0 and Q4_1 blocks: the scalar
+//! specification in [`crate::ggml`], bit for bit, eight blocks at a time.
+//!
+//! A batch of eight blocks (256 values) takes two passes over the input:
+//!
+//! 1. Each block is loaded once for its largest `|x|` (the integer maximum of
+//!    the absolute-value bits: exact for finite values, and NaN or ±Inf come
+//!    out above every finite value), Q4_1's min and max, and Σx². A
+//!    transposing reduction puts block `j`'s values in lane `j`; the eight
+//!    `d`, `id` and f16 `d` (and `m`) are then computed together with the
+//!    specification's f32 operations (a vector division is the same IEEE
+//!    division, and F16C's round-to-nearest-even conversion is
+//!    `half::f16::from_f32`: ±Inf on overflow, f16 subnormals kept).
+//! 2. Per block (reloaded from L1), the codes with the specification's
+//!    operations in the same order, each rounded on its own (a multiply then
+//!    an add: never fused), the decode, and the error sums.
+//!
+//! A block goes through the vector code only when every `|x| < 2^60` (so it
+//! is finite, and no square or sum of squares can overflow the f32
+//! accumulators) and its `id` is finite. Then every value before an integer
+//! conversion is finite and small (`|x·id| ≤ 127.0001` for Q8_0,
+//! `x·id + 8.5` and `(x − min)·id + 0.5` in `[0.49, 16.5]` for the 4-bit
+//! types, NOTES.md), so the specification's "non-finite becomes 0" never
+//! applies and `_mm256_cvttps_epi32` never sees an out-of-range value. Any
+//! other block (NaN, ±Inf, a huge value, or a `d` so small that `1/d`
+//! overflows) runs the scalar specification itself. When a batch of eight
+//! holds such a block, its blocks are retried one at a time; the last `< 8`
+//! blocks of a call also go one at a time.
+//!
+//! The error statistics differ from the scalar ones only in summation order:
+//! squares are summed in f32 (at most 32 terms per lane, then in f64 per
+//! batch), where the specification sums f64 squares. `max_abs_err`, the
+//! counts and the flags are exact.
+
+use core::arch::x86_64::*;
+
+use crate::ggml::{self, GgmlType};
+use crate::ErrorStats;
+
+const QK: usize = GgmlType::BLOCK;
+
+const Q8_0: u8 = 0;
+const Q4_0: u8 = 1;
+const Q4_1: u8 = 2;
+
+/// 2^60 as f32 bits: blocks with a larger `|x|` (or a NaN/±Inf) run the scalar code.
+const BIG_BITS: i32 = 0x5D80_0000;
+
+/// Quantizes whole blocks; see [`crate::ggml::quantize_blocks_with`].
+///
+/// The caller has checked that the CPU has AVX2, FMA and F16C.
+///
+/// # Panics
+/// If `x.len()` is not a multiple of 32 or `out` has the wrong length.
+pub(crate) fn quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
+    assert!(
+        x.len() % QK == 0 && out.len() == x.len() / QK * ty.block_bytes(),
+        "{}: lengths {} and {}",
+        ty.name(),
+        x.len(),
+        out.len()
+    );
+    // SAFETY (all three): `crate::ggml::quantize_blocks_with` calls this only after
+    // asserting that the CPU has AVX2, FMA and F16C; the lengths are asserted above.
+    match ty {
+        GgmlType::Q8_0 => unsafe { blocks::<Q8_0>(ty, x, out) },
+        GgmlType::Q4_0 => unsafe { blocks::<Q4_0>(ty, x, out) },
+        GgmlType::Q4_1 => unsafe { blocks::<Q4_1>(ty, x, out) },
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `x.len() % 32 == 0` and
+/// `out.len() == x.len() / 32 * ty.block_bytes()`, with `ty` the type `T` stands for.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn blocks<const T: u8>(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
+    let bb = ty.block_bytes();
+    let nb = x.len() / QK;
+    let mut stats = ErrorStats::default();
+    let mut emax = _mm256_setzero_ps();
+    let mut b = 0;
+    while b < nb {
+        let n = (nb - b).min(8);
+        let xs = &x[b * QK..(b + n) * QK];
+        let os = &mut out[b * bb..(b + n) * bb];
+        // SAFETY: `xs` holds 8 blocks and `os` their 8 output blocks (n == 8 here);
+        // the CPU has AVX2/FMA/F16C (this function's contract).
+        let done = n == 8 && unsafe { batch::<T, 8>(xs, os, &mut emax, &mut stats) };
+        if !done {
+            for j in 0..n {
+                let xj = &xs[j * QK..(j + 1) * QK];
+                let oj = &mut os[j * bb..(j + 1) * bb];
+                // SAFETY: one block and its output block; same CPU features.
+                if !unsafe { batch::<T, 1>(xj, oj, &mut emax, &mut stats) } {
+                    // NaN, ±Inf, a huge value or an infinite `id`: the specification itself.
+                    let st = ggml::quantize_blocks(ty, xj, oj);
+                    stats.merge(&st, ((b + j) * QK) as u64);
+                }
+            }
+        }
+        b += n;
+    }
+    // SAFETY: register-only AVX operations; the CPU has AVX.
+    stats.max_abs_err = stats.max_abs_err.max(unsafe { hmax(emax) });
+    stats.count = x.len() as u64;
+    stats
+}
+
+/// Loads the 32 values of a block.
+///
+/// # Safety
+/// `p..p+32` readable; AVX.
+#[inline(always)]
+unsafe fn load4(p: *const f32) -> [__m256; 4] {
+    // SAFETY: 32 readable f32 (the caller's contract); loadu needs no alignment.
+    unsafe {
+        [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ]
+    }
+}
+
+/// `N` blocks (`1 ≤ N ≤ 8`): writes their bytes, adds their flags and error sums, and
+/// returns true; or returns false having written and added nothing when one of them
+/// is not for the vector code (see the module documentation).
+///
+/// # Safety
+/// AVX2/FMA/F16C; `x.len() == N·32` and `out.len() == N·block_bytes` (asserted).
+#[inline(always)]
+unsafe fn batch<const T: u8, const N: usize>(
+    x: &[f32],
+    out: &mut [u8],
+    emax: &mut __m256,
+    stats: &mut ErrorStats,
+) -> bool {
+    let bb = match T {
+        Q8_0 => 34,
+        Q4_0 => 18,
+        _ => 20,
+    };
+    assert!((1..=8).contains(&N) && x.len() == N * QK && out.len() == N * bb);
+    // SAFETY: every load reads x[j·32 .. j·32 + 32] for j < N, and every store writes
+    // out[j·bb .. (j + 1)·bb] for j < N: inside the slices by the assertion above. The
+    // remaining operations work on registers and local arrays. The CPU has AVX2/FMA/F16C.
+    unsafe {
+        let p = x.as_ptr();
+        let zero = _mm256_setzero_ps();
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let sign = _mm256_set1_ps(-0.0);
+        let abs_bits = _mm256_set1_epi32(0x7FFF_FFFF);
+
+        // Pass 1: per block, max |x| as bits (and min/max for Q4_1), and Σx².
+        let mut am = [zero; 8];
+        let mut lo = [zero; 8];
+        let mut hi = [zero; 8];
+        let (mut xa, mut xb) = (zero, zero);
+        for j in 0..N {
+            let v = load4(p.add(j * QK));
+            let a: [__m256i; 4] =
+                core::array::from_fn(|k| _mm256_and_si256(_mm256_castps_si256(v[k]), abs_bits));
+            am[j] = _mm256_castsi256_ps(_mm256_max_epi32(
+                _mm256_max_epi32(a[0], a[1]),
+                _mm256_max_epi32(a[2], a[3]),
+            ));
+            if T == Q4_1 {
+                lo[j] = _mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3]));
+                hi[j] = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
+            }
+            // Statistics only (the specification sums f64 squares): fusing is harmless here.
+            xa = _mm256_fmadd_ps(v[0], v[0], xa);
+            xb = _mm256_fmadd_ps(v[1], v[1], xb);
+            xa = _mm256_fmadd_ps(v[2], v[2], xa);
+            xb = _mm256_fmadd_ps(v[3], v[3], xb);
+        }
+        // Lane j: block j's largest |x| as bits (lanes ≥ N: 0).
+        let amax_bits = _mm256_castps_si256(transpose_reduce::<MAX_I32>(&am));
+        let small = _mm256_cmpgt_epi32(_mm256_set1_epi32(BIG_BITS), amax_bits);
+        if _mm256_movemask_ps(_mm256_castsi256_ps(small)) != 0xFF {
+            return false;
+        }
+        let amax = _mm256_castsi256_ps(amax_bits);
+
+        // The blocks' d (f32), and for Q4_1 their min and max.
+        let (d, mn, mx) = match T {
+            Q8_0 => (_mm256_div_ps(amax, _mm256_set1_ps(127.0)), zero, zero),
+            Q4_0 => {
+                // The first element of largest |x|, with its sign.
+                let mut bits = [0i32; 8];
+                _mm256_storeu_si256(bits.as_mut_ptr() as *mut __m256i, amax_bits);
+                let mut signs = [0i32; 8];
+                for j in 0..N {
+                    signs[j] = first_sign_of(p.add(j * QK), bits[j]);
+                }
+                let max = _mm256_or_ps(amax, _mm256_loadu_ps(signs.as_ptr() as *const f32));
+                (_mm256_div_ps(max, _mm256_set1_ps(-8.0)), zero, zero)
+            }
+            _ => {
+                let mut mn = transpose_reduce::<MIN_PS>(&lo);
+                let mut mx = transpose_reduce::<MAX_PS>(&hi);
+                // A zero min or max must be the first zero of the block (its sign is stored).
+                let z = _mm256_or_ps(
+                    _mm256_cmp_ps::<_CMP_EQ_OQ>(mn, zero),
+                    _mm256_cmp_ps::<_CMP_EQ_OQ>(mx, zero),
+                );
+                if _mm256_movemask_ps(z) & lanes(N) != 0 {
+                    (mn, mx) = first_zeros(x, mn, mx, N);
+                }
+                let d = _mm256_div_ps(_mm256_sub_ps(mx, mn), _mm256_set1_ps(15.0));
+                (d, mn, mx)
+            }
+        };
+        // id = d == 0 ? 0 : 1/d (a ±0 d gives ±Inf, masked to +0).
+        let id = _mm256_and_ps(
+            _mm256_div_ps(_mm256_set1_ps(1.0), d),
+            _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, zero),
+        );
+        let id_finite = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, id), inf);
+        if _mm256_movemask_ps(id_finite) != 0xFF {
+            return false;
+        }
+
+        // Stored f16 d (and m), what a reader decodes, and the flags.
+        let d16 = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d);
+        let df = _mm256_cvtph_ps(d16);
+        let m16 = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(mn);
+        let mf = _mm256_cvtph_ps(m16);
+        let mut ovf = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, df), inf);
+        if T == Q4_1 {
+            ovf = _mm256_or_ps(
+                ovf,
+                _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, mf), inf),
+            );
+        }
+        let informative = if T == Q4_1 {
+            _mm256_cmp_ps::<_CMP_GT_OQ>(mx, mn)
+        } else {
+            _mm256_cmp_ps::<_CMP_GT_OQ>(amax, zero)
+        };
+        let zeroed = _mm256_and_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(df, zero), informative);
+        stats.overflowed_groups += (_mm256_movemask_ps(ovf) & lanes(N)).count_ones() as u64;
+        stats.zeroed_groups += (_mm256_movemask_ps(zeroed) & lanes(N)).count_ones() as u64;
+        let mut dh = [0u16; 8];
+        let mut mh = [0u16; 8];
+        _mm_storeu_si128(dh.as_mut_ptr() as *mut __m128i, d16);
+        _mm_storeu_si128(mh.as_mut_ptr() as *mut __m128i, m16);
+        for j in 0..N {
+            out[j * bb..j * bb + 2].copy_from_slice(&dh[j].to_le_bytes());
+            if T == Q4_1 {
+                out[j * bb + 2..j * bb + 4].copy_from_slice(&mh[j].to_le_bytes());
+            }
+        }
+        // An overflowed block adds no error: its lanes of `keep` are 0.
+        let keep = _mm256_andnot_ps(ovf, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
+
+        // Pass 2: codes, decode and error, block by block.
+        let (mut ea, mut eb) = (zero, zero);
+        let mut em = *emax;
+        let dst = out.as_mut_ptr();
+        for j in 0..N {
+            let l = _mm256_set1_epi32(j as i32);
+            let vid = _mm256_permutevar8x32_ps(id, l);
+            let vd = _mm256_permutevar8x32_ps(df, l);
+            let vk = _mm256_permutevar8x32_ps(keep, l);
+            let v = load4(p.add(j * QK));
+            let mut q = [zero; 4];
+            for k in 0..4 {
+                let y = match T {
+                    Q8_0 => {
+                        // roundf: trunc(s) + trunc(2·frac(s)); both steps exact.
+                        let s = _mm256_mul_ps(v[k], vid);
+                        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(s);
+                        let f = _mm256_sub_ps(s, t);
+                        q[k] = _mm256_add_ps(
+                            t,
+                            _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(
+                                _mm256_add_ps(f, f),
+                            ),
+                        );
+                        _mm256_mul_ps(vd, q[k])
+                    }
+                    Q4_0 => {
+                        let t = _mm256_add_ps(_mm256_mul_ps(v[k], vid), _mm256_set1_ps(8.5));
+                        q[k] = clamp15(t);
+                        _mm256_mul_ps(vd, _mm256_sub_ps(q[k], _mm256_set1_ps(8.0)))
+                    }
+                    _ => {
+                        let vmn = _mm256_permutevar8x32_ps(mn, l);
+                        let t = _mm256_add_ps(
+                            _mm256_mul_ps(_mm256_sub_ps(v[k], vmn), vid),
+                            _mm256_set1_ps(0.5),
+                        );
+                        q[k] = clamp15(t);
+                        _mm256_add_ps(_mm256_mul_ps(vd, q[k]), _mm256_permutevar8x32_ps(mf, l))
+                    }
+                };
+                let e = _mm256_and_ps(_mm256_sub_ps(v[k], y), vk);
+                if k % 2 == 0 {
+                    ea = _mm256_fmadd_ps(e, e, ea);
+                } else {
+                    eb = _mm256_fmadd_ps(e, e, eb);
+                }
+                em = _mm256_max_ps(em, _mm256_andnot_ps(sign, e));
+            }
+            let at = dst.add(j * bb);
+            if T == Q8_0 {
+                // Integers in [-127, 127]: the saturating packs are exact.
+                let c: [__m256i; 4] = core::array::from_fn(|k| _mm256_cvttps_epi32(q[k]));
+                let w = _mm256_packs_epi16(
+                    _mm256_packs_epi32(c[0], c[1]),
+                    _mm256_packs_epi32(c[2], c[3]),
+                );
+                let w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                _mm256_storeu_si256(at.add(2) as *mut __m256i, w);
+            } else {
+                // Byte i: q[i] | q[i + 16] << 4, as exact f32 sums of integers in [0, 255].
+                let sixteen = _mm256_set1_ps(16.0);
+                let c0 = _mm256_cvttps_epi32(_mm256_add_ps(q[0], _mm256_mul_ps(q[2], sixteen)));
+                let c1 = _mm256_cvttps_epi32(_mm256_add_ps(q[1], _mm256_mul_ps(q[3], sixteen)));
+                let w = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(c0, c1));
+                let b = _mm_packus_epi16(
+                    _mm256_castsi256_si128(w),
+                    _mm256_extracti128_si256::<1>(w),
+                );
+                let hdr = if T == Q4_1 { 4 } else { 2 };
+                _mm_storeu_si128(at.add(hdr) as *mut __m128i, b);
+            }
+        }
+        *emax = em;
+        stats.sum_sq += hsum(_mm256_add_ps(xa, xb));
+        stats.sum_sq_err += hsum(_mm256_add_ps(ea, eb));
+        true
+    }
+}
+
+/// The mask of lanes `0..n` as `_mm256_movemask_ps` reports them.
+#[inline(always)]
+fn lanes(n: usize) -> i32 {
+    ((1u32 << n) - 1) as i32
+}
+
+/// A 4-bit quant from `t`: `min(15, trunc(t))`, and 0 below 0 (the saturating `as u8`).
+///
+/// # Safety
+/// AVX.
+#[inline(always)]
+unsafe fn clamp15(t: __m256) -> __m256 {
+    // SAFETY: register-only AVX operations.
+    unsafe {
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
+        _mm256_min_ps(
+            _mm256_max_ps(t, _mm256_setzero_ps()),
+            _mm256_set1_ps(15.0),
+        )
+    }
+}
+
+/// The sign bit (as `i32`) of the first of the 32 values at `p` whose |x| has the bits
+/// `abs_bits` (numpy's argmax, ggml C's strict `<`).
+///
+/// # Safety
+/// `p..p+32` readable; AVX2.
+#[inline(always)]
+unsafe fn first_sign_of(p: *const f32, abs_bits: i32) -> i32 {
+    // SAFETY: reads p[0..32] (the caller's contract); `& 31` keeps the index inside the
+    // block even if no bit were set (impossible: `abs_bits` is one of the block's |x|).
+    unsafe {
+        let v = load4(p);
+        let want = _mm256_set1_epi32(abs_bits);
+        let abs = _mm256_set1_epi32(0x7FFF_FFFF);
+        let mut mask = 0u32;
+        for (k, vk) in v.iter().enumerate() {
+            let a = _mm256_and_si256(_mm256_castps_si256(*vk), abs);
+            let hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, want));
+            mask |= (_mm256_movemask_ps(hit) as u32) << (8 * k);
+        }
+        let i = (mask.trailing_zeros() & 31) as usize;
+        (*p.add(i)).to_bits() as i32 & i32::MIN
+    }
+}
+
+/// Replaces a zero min (max) of block `j < n` by the block's first zero, which is the
+/// element the specification's scan keeps (ties keep the first), with its sign.
+#[cold]
+#[inline(never)]
+fn first_zeros(x: &[f32], mn: __m256, mx: __m256, n: usize) -> (__m256, __m256) {
+    let (mut lo, mut hi) = ([0f32; 8], [0f32; 8]);
+    // SAFETY: stores into local arrays of 8 f32; this runs only inside the AVX2
+    // kernels, on a CPU the caller checked has AVX.
+    unsafe {
+        _mm256_storeu_ps(lo.as_mut_ptr(), mn);
+        _mm256_storeu_ps(hi.as_mut_ptr(), mx);
+    }
+    for j in 0..n {
+        let block = &x[j * QK..(j + 1) * QK];
+        let first_zero = || *block.iter().find(|v| **v == 0.0).unwrap_or(&0.0);
+        if lo[j] == 0.0 {
+            lo[j] = first_zero();
+        }
+        if hi[j] == 0.0 {
+            hi[j] = first_zero();
+        }
+    }
+    // SAFETY: loads from local arrays of 8 f32; AVX as above.
+    unsafe { (_mm256_loadu_ps(lo.as_ptr()), _mm256_loadu_ps(hi.as_ptr())) }
+}
+
+const MAX_I32: u8 = 0;
+const MIN_PS: u8 = 1;
+const MAX_PS: u8 = 2;
+
+/// `OP` on two vectors: `max_epi32` of the bits, `min_ps` or `max_ps`.
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+unsafe fn op<const OP: u8>(a: __m256, b: __m256) -> __m256 {
+    // SAFETY: register-only AVX2 operations.
+    unsafe {
+        match OP {
+            MAX_I32 => _mm256_castsi256_ps(_mm256_max_epi32(
+                _mm256_castps_si256(a),
+                _mm256_castps_si256(b),
+            )),
+            MIN_PS => _mm256_min_ps(a, b),
+            _ => _mm256_max_ps(a, b),
+        }
+    }
+}
+
+/// Reduces 8 vectors to one whose lane `j` is `OP` over all lanes of `v[j]`.
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+unsafe fn transpose_reduce<const OP: u8>(v: &[__m256; 8]) -> __m256 {
+    // SAFETY: register-only AVX2 shuffles and `op`.
+    unsafe {
+        let pair = |a: __m256, b: __m256| {
+            op::<OP>(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b))
+        };
+        let (a0, a1, a2, a3) = (
+            pair(v[0], v[1]),
+            pair(v[2], v[3]),
+            pair(v[4], v[5]),
+            pair(v[6], v[7]),
+        );
+        let quad = |a: __m256, b: __m256| {
+            op::<OP>(
+                _mm256_shuffle_ps::<0x44>(a, b),
+                _mm256_shuffle_ps::<0xEE>(a, b),
+            )
+        };
+        let (b0, b1) = (quad(a0, a1), quad(a2, a3));
+        op::<OP>(
+            _mm256_permute2f128_ps::<0x20>(b0, b1),
+            _mm256_permute2f128_ps::<0x31>(b0, b1),
+        )
+    }
+}
+
+/// Largest lane.
+///
+/// # Safety
+/// AVX.
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    // SAFETY: register-only operations.
+    unsafe {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)))
+    }
+}
+
+/// Sum of the lanes, in f64.
+///
+/// # Safety
+/// AVX.
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f64 {
+    // SAFETY: register-only operations.
+    unsafe {
+        let d = _mm256_add_pd(
+            _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+        );
+        let s = _mm_add_pd(_mm256_castpd256_pd128(d), _mm256_extractf128_pd::<1>(d));
+        _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// F16C's `vcvtps2ph` (nearest even) against `half::f16::from_f32`, the conversion the
+    /// specification uses: every f16 rounding boundary (the midpoints and their neighbours,
+    /// both signs), the overflow and subnormal edges, and a stride through all f32.
+    #[test]
+    fn f16c_conversion_is_half_from_f32() {
+        if !crate::Isa::Avx2.is_available() {
+            eprintln!("SKIPPED: avx2 not available");
+            return;
+        }
+        let mut values = Vec::new();
+        for h in 0u16..0x7C00 {
+            let a = half::f16::from_bits(h).to_f32();
+            let b = half::f16::from_bits(h + 1).to_f32();
+            let mid = (a as f64 + b as f64) / 2.0;
+            let m = mid as f32;
+            assert_eq!(m as f64, mid, "midpoints are f32 values");
+            for delta in -3i32..=3 {
+                let v = f32::from_bits((m.to_bits() as i32 + delta) as u32);
+                values.extend([a, v, -a, -v]);
+            }
+        }
+        values.extend([65504.0, 65519.0, 65520.0, 65520.0f32.next_down(), 1e6, 3e38]);
+        values.extend([f32::MIN_POSITIVE, 1e-40, 2f32.powi(-24), 2f32.powi(-25)]);
+        values.extend([f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN]);
+        values.extend(
+            (0..=u32::MAX)
+                .step_by(4093)
+                .map(f32::from_bits)
+                .filter(|v| !v.is_nan()),
+        );
+        while values.len() % 8 != 0 {
+            values.push(0.0);
+        }
+        for c in values.chunks_exact(8) {
+            let mut got = [0u16; 8];
+            // SAFETY: AVX2/F16C checked above; loads 8 f32 from `c`, stores 8 u16 into `got`.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr()));
+                _mm_storeu_si128(got.as_mut_ptr() as *mut __m128i, h);
+            }
+            for (v, g) in c.iter().zip(got) {
+                assert_eq!(g, half::f16::from_f32(*v).to_bits(), "{v:e} ({:#010x})", v.to_bits());
+            }
+        }
+    }
+
+    /// The bit maximum used for max |x| puts every NaN and ±Inf above 2^60.
+    #[test]
+    fn big_bits_is_two_to_the_sixty() {
+        assert_eq!(f32::from_bits(BIG_BITS as u32), 2f32.powi(60));
+        assert!(f32::INFINITY.to_bits() as i32 > BIG_BITS);
+        assert!(f32::NAN.to_bits() as i32 > BIG_BITS);
+    }
+}
