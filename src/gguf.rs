@@ -680,4 +680,207 @@ mod tests {
             assert!(e.contains(want), "{e} (wanted {want})");
         }
     }
+
+    /// A GGUF file assembled field by field, for hostile variants.
+    struct Raw(Vec<u8>);
+    impl Raw {
+        fn new(version: u32, tensors: u64, kvs: u64) -> Raw {
+            let mut b = Vec::new();
+            b.extend_from_slice(&MAGIC.to_le_bytes());
+            b.extend_from_slice(&version.to_le_bytes());
+            b.extend_from_slice(&tensors.to_le_bytes());
+            b.extend_from_slice(&kvs.to_le_bytes());
+            Raw(b)
+        }
+        fn u32(mut self, v: u32) -> Raw {
+            self.0.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn u64(mut self, v: u64) -> Raw {
+            self.0.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn str(self, s: &str) -> Raw {
+            let mut r = self.u64(s.len() as u64);
+            r.0.extend_from_slice(s.as_bytes());
+            r
+        }
+        fn bytes(mut self, b: &[u8]) -> Raw {
+            self.0.extend_from_slice(b);
+            self
+        }
+        /// A tensor info: name, dims (innermost first), type, offset.
+        fn tensor(self, name: &str, ne: &[u64], ty: u32, offset: u64) -> Raw {
+            let mut r = self.str(name).u32(ne.len() as u32);
+            for &d in ne {
+                r = r.u64(d);
+            }
+            r.u32(ty).u64(offset)
+        }
+        /// Pads to 32 and appends `n` data bytes.
+        fn data(mut self, n: usize) -> Vec<u8> {
+            self.0.resize(self.0.len().next_multiple_of(32) + n, 0);
+            self.0
+        }
+    }
+
+    #[test]
+    fn every_bound_of_the_reader_has_its_message() {
+        let f32_tensor = |r: Raw| r.tensor("t", &[4, 2], 0, 0).data(32);
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "version 1",
+                Raw::new(1, 0, 0).data(64),
+                "version 1 is not supported",
+            ),
+            (
+                "string longer than the file",
+                Raw::new(3, 0, 1).u64(1 << 40).data(64),
+                "needs 1099511627776 bytes",
+            ),
+            (
+                "key not UTF-8",
+                Raw::new(3, 0, 1)
+                    .u64(2)
+                    .bytes(&[0xff, 0xfe])
+                    .u32(4)
+                    .u32(1)
+                    .data(64),
+                "key 0 is not UTF-8",
+            ),
+            (
+                "unknown value type",
+                Raw::new(3, 0, 1).str("k").u32(13).data(64),
+                "unknown value type 13",
+            ),
+            (
+                "bool byte 2",
+                Raw::new(3, 0, 1).str("k").u32(7).bytes(&[2]).data(64),
+                "neither 0 nor 1",
+            ),
+            (
+                "array count beyond the file",
+                Raw::new(3, 0, 1)
+                    .str("k")
+                    .u32(9)
+                    .u32(4)
+                    .u64(u64::MAX / 2)
+                    .data(64),
+                "does not fit",
+            ),
+            (
+                "unknown array element type",
+                Raw::new(3, 0, 1).str("k").u32(9).u32(99).u64(1).data(64),
+                "unknown array element type 99",
+            ),
+            (
+                "arrays nested too deep",
+                {
+                    let mut r = Raw::new(3, 0, 1).str("k").u32(9);
+                    for _ in 0..6 {
+                        r = r.u32(9).u64(1);
+                    }
+                    r.u32(4).u64(1).u32(7).data(64)
+                },
+                "nested deeper than 4",
+            ),
+            (
+                "duplicate key",
+                Raw::new(3, 0, 2)
+                    .str("k")
+                    .u32(4)
+                    .u32(1)
+                    .str("k")
+                    .u32(4)
+                    .u32(2)
+                    .data(64),
+                "key `k` appears twice",
+            ),
+            (
+                "alignment not u32",
+                Raw::new(3, 0, 1)
+                    .str("general.alignment")
+                    .u32(10)
+                    .u64(32)
+                    .data(64),
+                "must be a power of two of type u32",
+            ),
+            (
+                "alignment not a power of two",
+                Raw::new(3, 0, 1)
+                    .str("general.alignment")
+                    .u32(4)
+                    .u32(24)
+                    .data(64),
+                "power of two",
+            ),
+            (
+                "zero dimensions",
+                Raw::new(3, 1, 0).tensor("t", &[], 0, 0).data(64),
+                "tensor `t`: 0 dimensions",
+            ),
+            (
+                "five dimensions",
+                Raw::new(3, 1, 0)
+                    .tensor("t", &[1, 1, 1, 1, 1], 0, 0)
+                    .data(32),
+                "5 dimensions",
+            ),
+            (
+                "unknown ggml type",
+                Raw::new(3, 1, 0).tensor("t", &[4], 99, 0).data(32),
+                "unknown ggml type 99",
+            ),
+            (
+                "shape overflows",
+                Raw::new(3, 1, 0)
+                    .tensor("t", &[1 << 32, 1 << 32], 0, 0)
+                    .data(32),
+                "overflows",
+            ),
+            (
+                "row not whole blocks",
+                Raw::new(3, 1, 0).tensor("t", &[40, 2], 2, 0).data(64),
+                "row length 40 is not a multiple of q4_0's block of 32",
+            ),
+            (
+                "misaligned offset",
+                Raw::new(3, 1, 0).tensor("t", &[4], 0, 8).data(64),
+                "not a multiple of the alignment 32",
+            ),
+            (
+                "data past the end",
+                Raw::new(3, 1, 0).tensor("t", &[4, 2], 0, 0).data(16),
+                "tensor `t`: data [0, +32) runs past the end",
+            ),
+            (
+                "overlapping tensors",
+                Raw::new(3, 2, 0)
+                    .tensor("a", &[16], 0, 0)
+                    .tensor("b", &[16], 0, 32)
+                    .data(96),
+                "tensors `a` and `b` overlap",
+            ),
+            (
+                "duplicate tensor",
+                Raw::new(3, 2, 0)
+                    .tensor("a", &[8], 0, 0)
+                    .tensor("a", &[8], 0, 32)
+                    .data(64),
+                "tensor `a` appears twice",
+            ),
+            (
+                "tensor count beyond the file",
+                Raw::new(3, 1 << 40, 0).data(0),
+                "tensors cannot fit",
+            ),
+        ];
+        for (what, bytes, want) in cases {
+            let e = read_header(&bytes).expect_err(what);
+            assert!(e.contains(want), "{what}: {e} (wanted {want})");
+        }
+        // The well-formed variant of the last shapes reads.
+        let ok = f32_tensor(Raw::new(3, 1, 0));
+        assert_eq!(read_header(&ok).unwrap().tensors[0].shape, vec![2, 4]);
+    }
 }

@@ -42,7 +42,7 @@
 //!   not reproducible; here min and max are the first element that is
 //!   strictly smaller / larger than all before it, so ties keep the first.
 
-use crate::ErrorStats;
+use crate::{ErrorStats, Isa};
 
 /// A ggml block type shrinkray writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -389,19 +389,52 @@ fn quantize_all(
 /// # Panics
 /// If `x.len()` is not a multiple of 32 or `out` has the wrong length.
 pub fn quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
+    check_lengths(ty, x, out);
+    let bb = ty.block_bytes();
+    match ty {
+        GgmlType::Q8_0 => quantize_all(bb, x, out, quantize_q8_0, dequantize_q8_0),
+        GgmlType::Q4_0 => quantize_all(bb, x, out, quantize_q4_0, dequantize_q4_0),
+        GgmlType::Q4_1 => quantize_all(bb, x, out, quantize_q4_1, dequantize_q4_1),
+    }
+}
+
+/// [`quantize_blocks`] with the implementation `isa`: the same bytes, the same
+/// counts and flags, and the same `max_abs_err`, bit for bit, for every input;
+/// `sum_sq_err` and `sum_sq` equal up to summation order.
+///
+/// [`Isa::Scalar`] is [`quantize_blocks`] itself (the specification).
+/// [`Isa::Avx2`] quantizes eight blocks at a time and runs the specification
+/// for any block that holds a NaN, ±Inf or `|x| ≥ 2^60`, or whose `1/d`
+/// overflows.
+///
+/// # Panics
+/// If `isa` is not available on this CPU, if `x.len()` is not a multiple of
+/// 32 or if `out` has the wrong length.
+pub fn quantize_blocks_with(isa: Isa, ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
+    match isa {
+        Isa::Scalar => quantize_blocks(ty, x, out),
+        Isa::Avx2 => {
+            assert!(isa.is_available(), "{isa} is not available on this CPU");
+            check_lengths(ty, x, out);
+            crate::arch::avx2_ggml_quantize_blocks(ty, x, out)
+        }
+    }
+}
+
+/// The length checks of [`quantize_blocks`].
+fn check_lengths(ty: GgmlType, x: &[f32], out: &[u8]) {
     assert!(
         x.len() % QK == 0,
         "{}: input length {} is not a multiple of {QK}",
         ty.name(),
         x.len()
     );
-    let bb = ty.block_bytes();
-    assert_eq!(out.len(), x.len() / QK * bb, "{}: output length", ty.name());
-    match ty {
-        GgmlType::Q8_0 => quantize_all(bb, x, out, quantize_q8_0, dequantize_q8_0),
-        GgmlType::Q4_0 => quantize_all(bb, x, out, quantize_q4_0, dequantize_q4_0),
-        GgmlType::Q4_1 => quantize_all(bb, x, out, quantize_q4_1, dequantize_q4_1),
-    }
+    assert_eq!(
+        out.len(),
+        x.len() / QK * ty.block_bytes(),
+        "{}: output length",
+        ty.name()
+    );
 }
 
 /// Decodes whole blocks into f32 with the formulas of ggml's `dequantize_row_*`.

@@ -2,6 +2,7 @@
 //! probed once (std caches `is_x86_feature_detected!`); every path here is
 //! tested against `scalar`, the specification.
 
+use crate::ggml::GgmlType;
 use crate::{ErrorStats, QuantFormat, RowsOut, Src};
 
 #[cfg(target_arch = "x86_64")]
@@ -35,6 +36,19 @@ pub(crate) fn avx2_quantize_rows(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (fmt, k, src, out);
+        unreachable!("AVX2 is never available off x86_64")
+    }
+}
+
+/// The AVX2 ggml block kernels; the caller has checked [`avx2_available`].
+pub(crate) fn avx2_ggml_quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::ggml_avx2::quantize_blocks(ty, x, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, x, out);
         unreachable!("AVX2 is never available off x86_64")
     }
 }

@@ -320,10 +320,8 @@ unsafe fn batch<const T: u8, const N: usize>(
                 let c0 = _mm256_cvttps_epi32(_mm256_add_ps(q[0], _mm256_mul_ps(q[2], sixteen)));
                 let c1 = _mm256_cvttps_epi32(_mm256_add_ps(q[1], _mm256_mul_ps(q[3], sixteen)));
                 let w = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(c0, c1));
-                let b = _mm_packus_epi16(
-                    _mm256_castsi256_si128(w),
-                    _mm256_extracti128_si256::<1>(w),
-                );
+                let b =
+                    _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
                 let hdr = if T == Q4_1 { 4 } else { 2 };
                 _mm_storeu_si128(at.add(hdr) as *mut __m128i, b);
             }
@@ -350,10 +348,7 @@ unsafe fn clamp15(t: __m256) -> __m256 {
     // SAFETY: register-only AVX operations.
     unsafe {
         let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
-        _mm256_min_ps(
-            _mm256_max_ps(t, _mm256_setzero_ps()),
-            _mm256_set1_ps(15.0),
-        )
+        _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(15.0))
     }
 }
 
@@ -438,9 +433,8 @@ unsafe fn op<const OP: u8>(a: __m256, b: __m256) -> __m256 {
 unsafe fn transpose_reduce<const OP: u8>(v: &[__m256; 8]) -> __m256 {
     // SAFETY: register-only AVX2 shuffles and `op`.
     unsafe {
-        let pair = |a: __m256, b: __m256| {
-            op::<OP>(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b))
-        };
+        let pair =
+            |a: __m256, b: __m256| op::<OP>(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
         let (a0, a1, a2, a3) = (
             pair(v[0], v[1]),
             pair(v[2], v[3]),
@@ -537,7 +531,12 @@ mod tests {
                 _mm_storeu_si128(got.as_mut_ptr() as *mut __m128i, h);
             }
             for (v, g) in c.iter().zip(got) {
-                assert_eq!(g, half::f16::from_f32(*v).to_bits(), "{v:e} ({:#010x})", v.to_bits());
+                assert_eq!(
+                    g,
+                    half::f16::from_f32(*v).to_bits(),
+                    "{v:e} ({:#010x})",
+                    v.to_bits()
+                );
             }
         }
     }
