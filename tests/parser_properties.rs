@@ -32,7 +32,7 @@ fn small_safetensors() -> Vec<u8> {
     ];
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("s.safetensors");
-    shrinkray::synth::write(&p, &tensors, &[("format".into(), "pt".into())]).unwrap();
+    shrinkray::synth::write(&p, &tensors, &[("format", "pt")]).unwrap();
     std::fs::read(p).unwrap()
 }
 
