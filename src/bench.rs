@@ -284,7 +284,7 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                             &hidden,
                             &|_| {},
                         )
-                        .1
+                        .stats
                     });
                     black_box(stats);
                 });

@@ -144,9 +144,10 @@ pub struct QuantizeArgs {
     /// Default scheme: int8, int8-asym, int4, int4-asym [default: int4-asym]; for GGUF q8_0, q4_0, q4_1 [default: q4_0].
     #[arg(long, value_parser = parse_scheme)]
     pub scheme: Option<AnyScheme>,
-    /// Output format: safetensors (shrinkray's packed format) or gguf (one GGUF v3 file).
-    /// Default: gguf when -o ends in .gguf or --scheme is a GGUF type, else safetensors.
-    #[arg(long, value_parser = ["safetensors", "gguf"])]
+    /// Output format: safetensors (shrinkray's packed format), gguf (one GGUF v3 file) or
+    /// mlx (MLX's affine layout, int4-asym/int8-asym, groups of 32/64/128).
+    /// Default: gguf for a GGUF input, an output ending in .gguf or a GGUF --scheme; else safetensors.
+    #[arg(long, value_parser = ["safetensors", "gguf", "mlx"])]
     pub format: Option<String>,
     /// Elements per group along the last dimension (a positive integer), or `row`.
     #[arg(long, default_value = "64", value_parser = str::parse::<GroupSize>)]
@@ -284,6 +285,16 @@ fn output_format(a: &QuantizeArgs) -> anyhow::Result<(Scheme, Option<GgmlType>)>
                 std::io::Read::read_exact(&mut f, &mut m).map(|_| m)
             })
             .is_ok_and(|m| shrinkray::gguf::is_gguf(&m));
+    if a.format.as_deref() == Some("mlx") {
+        return match a.scheme {
+            None => Ok((Scheme::Int4Asym, None)),
+            Some(AnyScheme::Packed(s @ (Scheme::Int4Asym | Scheme::Int8Asym))) => Ok((s, None)),
+            Some(s) => bail!(
+                "--scheme {} cannot be written in MLX's affine layout: use int4-asym or int8-asym",
+                s.name()
+            ),
+        };
+    }
     let gguf = match a.format.as_deref() {
         Some(f) => f == "gguf",
         None => by_name || gguf_input || matches!(a.scheme, Some(AnyScheme::Ggml(_))),
@@ -317,6 +328,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 rules: Rules {
                     scheme,
                     gguf,
+                    mlx: a.format.as_deref() == Some("mlx"),
                     group: a.group_size,
                     scale_dtype: a.scale_dtype,
                     keep: a.keep,

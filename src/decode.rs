@@ -11,7 +11,8 @@ use shrinkray_kernels::{QuantFormat, ScaleDtype, Scheme};
 
 use crate::checkpoint::{is_quantizable, Checkpoint, TensorEntry};
 use crate::format::{mins_name, qweight_name, scales_name, PackedMeta, PackedTensor};
-use crate::plan::scale_safetensors_dtype;
+use crate::plan::{scale_safetensors_dtype, MLX_METADATA_KEY};
+use shrinkray_kernels::mlx::MlxFormat;
 
 /// A packed file breaks the format.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +60,45 @@ impl Quantized<'_> {
     }
 }
 
+/// One tensor of shrinkray's MLX output, checked against MLX's layout.
+#[derive(Clone, Debug)]
+pub struct MlxQuantized<'a> {
+    /// The original tensor's name (`<layer>.weight`).
+    pub name: String,
+    /// Bits, group size, and the dtype of scales and biases.
+    pub fmt: MlxFormat,
+    /// The original dtype.
+    pub dtype: Dtype,
+    /// The original shape.
+    pub shape: Vec<usize>,
+    /// Rows.
+    pub rows: usize,
+    /// Elements per row.
+    pub k: usize,
+    /// Index of the shard holding it.
+    pub shard: usize,
+    /// The packed words (`<layer>.weight`, U32).
+    pub codes: &'a TensorEntry,
+    /// `<layer>.scales`.
+    pub scales: &'a TensorEntry,
+    /// `<layer>.biases`.
+    pub biases: &'a TensorEntry,
+}
+
+impl MlxQuantized<'_> {
+    /// Bytes stored for this tensor (words + scales + biases).
+    pub fn stored_bytes(&self) -> u64 {
+        (self.codes.nbytes() + self.scales.nbytes() + self.biases.nbytes()) as u64
+    }
+}
+
 /// A tensor of a packed checkpoint, as the original model knew it.
 #[derive(Clone, Debug)]
 pub enum Item<'a> {
     /// Quantized.
     Quantized(Box<Quantized<'a>>),
+    /// Quantized in MLX's affine layout.
+    Mlx(Box<MlxQuantized<'a>>),
     /// Stored as is.
     Kept {
         /// Index of the shard holding it.
@@ -78,6 +113,7 @@ impl Item<'_> {
     pub fn name(&self) -> &str {
         match self {
             Item::Quantized(q) => &q.name,
+            Item::Mlx(q) => &q.name,
             Item::Kept { entry, .. } => &entry.name,
         }
     }
@@ -98,6 +134,13 @@ pub fn read_items(ckpt: &Checkpoint) -> Result<Vec<Item<'_>>, FormatError> {
             Some(m) => m.map_err(|r| err("__metadata__", r))?,
         };
         let mut pieces: HashSet<String> = HashSet::new();
+        let mut mlx = std::collections::HashMap::new();
+        for (name, fmt) in mlx_formats(&shard.metadata).map_err(|r| err(MLX_METADATA_KEY, r))? {
+            let q = check_mlx(ckpt, si, &name, fmt).map_err(|r| err(&name, r))?;
+            pieces.insert(q.scales.name.clone());
+            pieces.insert(q.biases.name.clone());
+            mlx.insert(q.codes.name.clone(), q);
+        }
         let mut quantized = std::collections::HashMap::new();
         for (name, info) in &meta.tensors {
             let q = check_quantized(ckpt, si, name, info).map_err(|r| err(name, r))?;
@@ -109,7 +152,9 @@ pub fn read_items(ckpt: &Checkpoint) -> Result<Vec<Item<'_>>, FormatError> {
             quantized.insert(q.codes.name.clone(), q);
         }
         for t in &shard.tensors {
-            if let Some(q) = quantized.remove(&t.name) {
+            if let Some(q) = mlx.remove(&t.name) {
+                items.push(Item::Mlx(Box::new(q)));
+            } else if let Some(q) = quantized.remove(&t.name) {
                 items.push(Item::Quantized(Box::new(q)));
             } else if !pieces.contains(&t.name) {
                 items.push(Item::Kept {
@@ -120,6 +165,115 @@ pub fn read_items(ckpt: &Checkpoint) -> Result<Vec<Item<'_>>, FormatError> {
         }
     }
     Ok(items)
+}
+
+/// A tensor of shrinkray's MLX output as its metadata records it: name, format, original dtype.
+pub type MlxEntry = (String, (MlxFormat, Dtype));
+
+/// The per-tensor formats recorded under [`MLX_METADATA_KEY`] (none without the key).
+pub fn mlx_formats(
+    md: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<MlxEntry>, String> {
+    let Some(raw) = md.get(MLX_METADATA_KEY) else {
+        return Ok(Vec::new());
+    };
+    let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
+    let tensors = v["tensors"]
+        .as_object()
+        .ok_or_else(|| "no `tensors` object".to_string())?;
+    let mut out = Vec::new();
+    for (name, t) in tensors {
+        let num = |k: &str| {
+            t[k].as_u64()
+                .ok_or_else(|| format!("`{name}`: no number `{k}`"))
+        };
+        let (bits, group) = (num("bits")? as u32, num("group_size")? as usize);
+        if !(bits == 4 || bits == 8) || ![32, 64, 128].contains(&group) {
+            return Err(format!("`{name}`: bits {bits}, group size {group}"));
+        }
+        let dtype = t["dtype"]
+            .as_str()
+            .and_then(crate::format::parse_dtype)
+            .filter(|d| is_quantizable(*d))
+            .ok_or_else(|| format!("`{name}`: dtype is not F32, F16 or BF16"))?;
+        let sdt = match dtype {
+            Dtype::F16 => ScaleDtype::F16,
+            Dtype::BF16 => ScaleDtype::BF16,
+            _ => ScaleDtype::F32,
+        };
+        out.push((
+            name.clone(),
+            (
+                MlxFormat {
+                    bits,
+                    group,
+                    dtype: sdt,
+                },
+                dtype,
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+fn check_mlx<'a>(
+    ckpt: &'a Checkpoint,
+    si: usize,
+    name: &str,
+    (fmt, dtype): (MlxFormat, Dtype),
+) -> Result<MlxQuantized<'a>, String> {
+    let shard = &ckpt.shards[si];
+    let base = name.strip_suffix(".weight").unwrap_or(name);
+    let get = |n: String| {
+        shard
+            .tensor(&n)
+            .ok_or_else(|| format!("`{n}` is missing from this file"))
+    };
+    let (codes, scales, biases) = (
+        get(format!("{base}.weight"))?,
+        get(format!("{base}.scales"))?,
+        get(format!("{base}.biases"))?,
+    );
+    let (&groups, lead) = scales
+        .shape
+        .split_last()
+        .ok_or_else(|| format!("`{}` is a scalar", scales.name))?;
+    let k = groups
+        .checked_mul(fmt.group)
+        .ok_or_else(|| "shape overflows".to_string())?;
+    let rows = lead
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| "shape overflows".to_string())?;
+    let sdt = scale_safetensors_dtype(fmt.dtype);
+    let want = |t: &TensorEntry, dt: Dtype, last: usize| {
+        let shape: Vec<usize> = [lead, &[last]].concat();
+        if t.dtype == dt && t.shape == shape {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{}` is {} {:?}, MLX's layout gives {dt} {shape:?}",
+                t.name, t.dtype, t.shape
+            ))
+        }
+    };
+    want(codes, Dtype::U32, k * fmt.bits as usize / 32)?;
+    want(biases, sdt, groups)?;
+    if scales.dtype != sdt {
+        return Err(format!("`{}` is {}, not {sdt}", scales.name, scales.dtype));
+    }
+    Ok(MlxQuantized {
+        name: name.to_string(),
+        fmt,
+        dtype,
+        shape: [lead, &[k]].concat(),
+        rows,
+        k,
+        shard: si,
+        codes,
+        scales,
+        biases,
+    })
 }
 
 fn check_quantized<'a>(

@@ -7,13 +7,14 @@ use std::path::Path;
 use rayon::prelude::*;
 use safetensors::Dtype;
 use serde::Serialize;
-use shrinkray_kernels::ggml;
+use shrinkray_kernels::{ggml, mlx};
 
 use crate::checkpoint::{map_file, Checkpoint};
-use crate::decode::{decode_rows, read_items, Item, Quantized};
+use crate::decode::{decode_rows, read_items, Item, MlxQuantized, Quantized};
 use crate::engine::{from_f32, CHUNK_ELEMS};
 use crate::format::{layout, OutTensor, METADATA_KEY};
 use crate::gguf;
+use crate::plan::MLX_METADATA_KEY;
 use crate::writer::{resolve_outputs, write_index, CreatedDir, PendingFile};
 use crate::{progress_bar, with_threads, Error, Result};
 
@@ -59,10 +60,10 @@ pub fn dequantize(
     if !ckpt
         .shards
         .iter()
-        .any(|s| s.metadata.contains_key(METADATA_KEY))
+        .any(|s| s.metadata.contains_key(METADATA_KEY) || s.metadata.contains_key(MLX_METADATA_KEY))
     {
         return Err(Error::Other(format!(
-            "{}: not a shrinkray packed file (no `{METADATA_KEY}` metadata)",
+            "{}: not a shrinkray packed file (no `{METADATA_KEY}` or `{MLX_METADATA_KEY}` metadata)",
             input.display()
         )));
     }
@@ -95,6 +96,18 @@ pub fn dequantize(
                     },
                 )
             }
+            Item::Mlx(q) => {
+                let dtype = opts.dtype.unwrap_or(q.dtype);
+                (
+                    q.shard,
+                    OutTensor {
+                        name: q.name.clone(),
+                        dtype,
+                        shape: q.shape.clone(),
+                        nbytes: (q.rows * q.k * dtype.bitsize() / 8) as u64,
+                    },
+                )
+            }
             Item::Kept { shard, entry } => (
                 *shard,
                 OutTensor {
@@ -111,6 +124,9 @@ pub fn dequantize(
     for (si, list) in per_shard.iter().enumerate() {
         let mut md = ckpt.shards[si].metadata.clone();
         md.remove(METADATA_KEY);
+        if md.remove(MLX_METADATA_KEY).is_some() && md.get("format").is_some_and(|f| f == "mlx") {
+            md.remove("format");
+        }
         let outs: Vec<OutTensor> = list.iter().map(|(_, o)| o.clone()).collect();
         layouts.push(
             layout(&outs, &md)
@@ -144,6 +160,11 @@ pub fn dequantize(
                     }
                     Item::Quantized(q) => {
                         let bytes = restore(&ckpt, q, out.dtype)?;
+                        file.write_at(&bytes, at)?;
+                        summary.tensors_restored += 1;
+                    }
+                    Item::Mlx(q) => {
+                        let bytes = restore_mlx(&ckpt, q, out.dtype)?;
                         file.write_at(&bytes, at)?;
                         summary.tensors_restored += 1;
                     }
@@ -285,6 +306,39 @@ fn dequantize_gguf(
     summary.bytes_written = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
     summary.outputs.push(p.display().to_string());
     Ok(summary)
+}
+
+/// Decodes one MLX tensor into `dtype` bytes, in parallel over row chunks.
+fn restore_mlx(ckpt: &Checkpoint, q: &MlxQuantized, dtype: Dtype) -> Result<Vec<u8>> {
+    let shard = &ckpt.shards[q.shard];
+    let (codes, scales, biases) = (
+        shard.data(q.codes)?,
+        shard.data(q.scales)?,
+        shard.data(q.biases)?,
+    );
+    let (cb, sb) = (
+        q.fmt.code_bytes_per_row(q.k),
+        q.fmt.scale_bytes_per_row(q.k),
+    );
+    let esize = dtype.bitsize() / 8;
+    let rpc = (CHUNK_ELEMS / q.k.max(1)).max(1);
+    let mut out = vec![0u8; q.rows * q.k * esize];
+    out.par_chunks_mut((rpc * q.k * esize).max(1))
+        .enumerate()
+        .for_each_init(Vec::new, |buf: &mut Vec<f32>, (i, chunk)| {
+            let (r0, r1) = (i * rpc, i * rpc + chunk.len() / (q.k * esize));
+            buf.resize((r1 - r0) * q.k, 0.0);
+            mlx::dequantize_rows(
+                &q.fmt,
+                q.k,
+                &codes[r0 * cb..r1 * cb],
+                &scales[r0 * sb..r1 * sb],
+                &biases[r0 * sb..r1 * sb],
+                buf,
+            );
+            from_f32(dtype, buf, chunk);
+        });
+    Ok(out)
 }
 
 /// Decodes one quantized tensor into `dtype` bytes, in parallel over row chunks.

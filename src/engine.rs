@@ -13,6 +13,7 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 use safetensors::Dtype;
 use shrinkray_kernels::ggml::{self, GgmlType};
+use shrinkray_kernels::mlx::{self, MlxFormat};
 use shrinkray_kernels::{quantize_rows, ErrorStats, Isa, QuantFormat, RowsOut, ScaleDtype, Src};
 
 use crate::checkpoint::Checkpoint;
@@ -57,9 +58,9 @@ pub enum EngineError {
         /// Groups concerned.
         groups: u64,
     },
-    /// A GGUF block's F16 scale or min would be ±Inf.
+    /// A GGUF block's F16 scale or min (or an MLX group's, in the weight's dtype) would be ±Inf.
     #[error("{file}: tensor `{tensor}`: {blocks} block(s) need a scale or min beyond F16's range (65504), and {ty} stores them in F16; keep the tensor with --keep, or write packed safetensors, which can store F32 scales")]
-    GgufScaleOverflow {
+    FixedScaleOverflow {
         /// The input file.
         file: String,
         /// The tensor.
@@ -170,20 +171,28 @@ pub fn run(
                         written: data.len() as u64,
                     }
                 }
-                Action::Ggml(ty) => {
+                Action::Ggml(_) | Action::Mlx(_) => {
                     let (path, name) = (shard.path.display(), &tp.entry.name);
-                    let (blocks, stats) = quantize_ggml_tensor(
-                        &mut ws,
-                        &data,
-                        tp.entry.dtype,
-                        tp.rows,
-                        tp.k,
-                        *ty,
-                        progress,
-                        &|b| shard.release(b),
-                    );
+                    let release = |b: &[u8]| shard.release(b);
+                    let (e, rows, k) = (tp.entry.dtype, tp.rows, tp.k);
+                    let (out, ty) = match &tp.action {
+                        Action::Ggml(ty) => {
+                            let out = quantize_ggml_tensor(
+                                &mut ws, &data, e, rows, k, *ty, progress, &release,
+                            );
+                            (out, ty.name())
+                        }
+                        Action::Mlx(m) => {
+                            let out = quantize_mlx_tensor(
+                                &mut ws, &data, e, rows, k, m, progress, &release,
+                            );
+                            (out, "MLX")
+                        }
+                        _ => unreachable!("matched above"),
+                    };
                     shard.release(&data);
                     crate::interrupt::check()?;
+                    let stats = out.stats;
                     if stats.nonfinite > 0 && nonfinite == Nonfinite::Error {
                         return Err(EngineError::Nonfinite {
                             file: path.to_string(),
@@ -193,17 +202,22 @@ pub fn run(
                         });
                     }
                     if stats.overflowed_groups > 0 {
-                        return Err(EngineError::GgufScaleOverflow {
+                        return Err(EngineError::FixedScaleOverflow {
                             file: path.to_string(),
                             tensor: name.clone(),
                             blocks: stats.overflowed_groups,
-                            ty: ty.name(),
+                            ty,
                         });
                     }
-                    write(blocks, tp.pieces[0].offset, &widen)?;
+                    let mut written = 0;
+                    for (piece, bytes) in tp.pieces.iter().zip([out.codes, out.scales, out.mins]) {
+                        debug_assert_eq!(piece.nbytes, bytes.len() as u64);
+                        write(bytes, piece.offset, &widen)?;
+                        written += bytes.len() as u64;
+                    }
                     TensorOutcome {
                         stats: Some(stats),
-                        written: blocks.len() as u64,
+                        written,
                     }
                 }
                 Action::Quantize(fmt) => {
@@ -407,21 +421,105 @@ pub fn quantize_ggml_tensor<'w>(
     ty: GgmlType,
     progress: &ProgressBar,
     release: &(dyn Fn(&[u8]) + Sync),
-) -> (&'w [u8], ErrorStats) {
-    let row_bytes = ty.row_bytes(k);
-    let blocks = take(&mut ws.codes, rows * row_bytes);
+) -> TensorOutput<'w> {
+    let per_row = [ty.row_bytes(k), 0, 0];
+    quantize_rows_with(
+        ws,
+        data,
+        dtype,
+        rows,
+        k,
+        per_row,
+        progress,
+        release,
+        |x, c, _, _| ggml::quantize_blocks(ty, x, c),
+    )
+}
+
+/// Quantizes a whole tensor of `rows × k` elements (`k` a multiple of the
+/// group) into MLX's affine layout, in parallel over row chunks, into `ws`.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_mlx_tensor<'w>(
+    ws: &'w mut Workspace,
+    data: &[u8],
+    dtype: Dtype,
+    rows: usize,
+    k: usize,
+    fmt: &MlxFormat,
+    progress: &ProgressBar,
+    release: &(dyn Fn(&[u8]) + Sync),
+) -> TensorOutput<'w> {
+    let s = fmt.scale_bytes_per_row(k);
+    let per_row = [fmt.code_bytes_per_row(k), s, s];
+    quantize_rows_with(
+        ws,
+        data,
+        dtype,
+        rows,
+        k,
+        per_row,
+        progress,
+        release,
+        |x, c, sc, b| mlx::quantize_rows(fmt, k, x, c, sc, b),
+    )
+}
+
+/// Runs `kernel` over row chunks of a tensor in parallel: each chunk is read
+/// as f32 and gets its slices of the three outputs (`per_row` bytes of each
+/// per row; 0 for an output the kernel does not write).
+#[allow(clippy::too_many_arguments)]
+fn quantize_rows_with<'w>(
+    ws: &'w mut Workspace,
+    data: &[u8],
+    dtype: Dtype,
+    rows: usize,
+    k: usize,
+    per_row: [usize; 3],
+    progress: &ProgressBar,
+    release: &(dyn Fn(&[u8]) + Sync),
+    kernel: impl Fn(&[f32], &mut [u8], &mut [u8], &mut [u8]) -> ErrorStats + Sync,
+) -> TensorOutput<'w> {
     let esize = dtype.bitsize() / 8;
     let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
-    let stats = data
-        .par_chunks((rpc * k * esize).max(1))
-        .zip(blocks.par_chunks_mut((rpc * row_bytes).max(1)))
+    fn chunks(buf: &mut [u8], n: usize, rpc: usize, count: usize) -> Vec<&mut [u8]> {
+        if n == 0 {
+            (0..count).map(|_| <&mut [u8]>::default()).collect()
+        } else {
+            buf.chunks_mut(rpc * n).collect()
+        }
+    }
+    let count = rows.div_ceil(rpc);
+    let c = chunks(
+        take(&mut ws.codes, rows * per_row[0]),
+        per_row[0],
+        rpc,
+        count,
+    );
+    let s = chunks(
+        take(&mut ws.scales, rows * per_row[1]),
+        per_row[1],
+        rpc,
+        count,
+    );
+    let m = chunks(
+        take(&mut ws.mins, rows * per_row[2]),
+        per_row[2],
+        rpc,
+        count,
+    );
+    let jobs: Vec<_> = data
+        .chunks((rpc * k * esize).max(1))
+        .zip(c.into_iter().zip(s).zip(m))
         .enumerate()
-        .map_init(Vec::new, |buf, (i, (src, out))| {
+        .collect();
+    let stats = jobs
+        .into_par_iter()
+        .map_init(Vec::new, |buf, (i, (src, ((c, s), m)))| {
             if crate::interrupt::requested().is_some() {
                 return ErrorStats::default(); // the caller checks and drops this tensor
             }
             let x = to_f32(dtype, src, buf);
-            let st = ggml::quantize_blocks(ty, x, out);
+            let st = kernel(x, c, s, m);
             progress.inc(src.len() as u64);
             release(src);
             let mut at = ErrorStats::default();
@@ -432,7 +530,13 @@ pub fn quantize_ggml_tensor<'w>(
             a.merge(&b, 0);
             a
         });
-    (blocks, stats)
+    let ws: &'w Workspace = ws;
+    TensorOutput {
+        codes: &ws.codes[..rows * per_row[0]],
+        scales: &ws.scales[..rows * per_row[1]],
+        mins: &ws.mins[..rows * per_row[2]],
+        stats,
+    }
 }
 
 /// The kernel input for `bytes` of `dtype`: in place when aligned (F16/BF16 only

@@ -9,6 +9,7 @@ use crate::checkpoint::{map_file, Checkpoint};
 use crate::decode::{read_items, Item};
 use crate::format::METADATA_KEY;
 use crate::gguf;
+use crate::plan::MLX_METADATA_KEY;
 use crate::report::shape_str;
 use crate::units::{bytes, count, Table};
 use crate::Result;
@@ -77,10 +78,9 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         }
     }
     let ckpt = Checkpoint::open(path)?;
-    let packed = ckpt
-        .shards
-        .iter()
-        .any(|s| s.metadata.contains_key(METADATA_KEY));
+    let packed = ckpt.shards.iter().any(|s| {
+        s.metadata.contains_key(METADATA_KEY) || s.metadata.contains_key(MLX_METADATA_KEY)
+    });
     let mut rows = Vec::new();
     for item in read_items(&ckpt)? {
         let row = match &item {
@@ -91,6 +91,16 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                 shape: q.shape.clone(),
                 params: (q.rows * q.k) as u64,
                 stored_as: format!("{} g{} {}", q.fmt.scheme, q.fmt.group, q.fmt.scale_dtype),
+                bytes: q.stored_bytes(),
+                bits_per_weight: 0.0,
+            },
+            Item::Mlx(q) => InspectRow {
+                name: q.name.clone(),
+                file: ckpt.shards[q.shard].file_name.clone(),
+                dtype: q.dtype.to_string(),
+                shape: q.shape.clone(),
+                params: (q.rows * q.k) as u64,
+                stored_as: format!("mlx-int{} g{} {}", q.fmt.bits, q.fmt.group, q.fmt.dtype),
                 bytes: q.stored_bytes(),
                 bits_per_weight: 0.0,
             },
@@ -119,6 +129,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     }
     let mut metadata = ckpt.shards[0].metadata.clone();
     metadata.remove(METADATA_KEY);
+    metadata.remove(MLX_METADATA_KEY);
     Ok(Inspection {
         path: path.display().to_string(),
         packed,

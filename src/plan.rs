@@ -12,6 +12,7 @@ use std::str::FromStr;
 use regex::Regex;
 use safetensors::Dtype;
 use shrinkray_kernels::ggml::GgmlType;
+use shrinkray_kernels::mlx::MlxFormat;
 use shrinkray_kernels::{QuantFormat, ScaleDtype, Scheme};
 
 use crate::checkpoint::{is_quantizable, Checkpoint, TensorEntry};
@@ -130,6 +131,8 @@ pub struct Rules {
     pub wide_scales: BTreeSet<String>,
     /// Write one GGUF file with this default block type, instead of packed safetensors.
     pub gguf: Option<GgmlType>,
+    /// Write MLX's affine layout (`int4-asym`/`int8-asym` only), instead of packed safetensors.
+    pub mlx: bool,
 }
 
 impl Rules {
@@ -160,6 +163,7 @@ impl Default for Rules {
             overrides: Vec::new(),
             wide_scales: BTreeSet::new(),
             gguf: None,
+            mlx: false,
         }
     }
 }
@@ -181,6 +185,10 @@ pub enum KeepReason {
     NotBlockMultiple,
     /// GGUF input: llama.cpp's quantizer keeps it (norms, routers, small weights).
     NotWeight,
+    /// MLX output: not a `…weight` tensor (mlx_lm quantizes layers' weights only).
+    NotLayerWeight,
+    /// MLX needs rows that are a whole number of groups.
+    NotGroupMultiple,
 }
 
 impl fmt::Display for KeepReason {
@@ -193,6 +201,8 @@ impl fmt::Display for KeepReason {
             KeepReason::Matched(p) => write!(f, "--keep {p}"),
             KeepReason::NotBlockMultiple => f.write_str("row not a multiple of 32"),
             KeepReason::NotWeight => f.write_str("llama.cpp keeps it"),
+            KeepReason::NotLayerWeight => f.write_str("not a …weight"),
+            KeepReason::NotGroupMultiple => f.write_str("row not a multiple of the group"),
         }
     }
 }
@@ -206,6 +216,8 @@ pub enum Action {
     Quantize(QuantFormat),
     /// Quantized into GGUF blocks of this type.
     Ggml(GgmlType),
+    /// Quantized into MLX's affine layout.
+    Mlx(MlxFormat),
 }
 
 /// What an output tensor holds, for byte accounting.
@@ -285,7 +297,7 @@ impl TensorPlan {
     pub fn format(&self) -> Option<&QuantFormat> {
         match &self.action {
             Action::Quantize(f) => Some(f),
-            Action::Keep(_) | Action::Ggml(_) => None,
+            Action::Keep(_) | Action::Ggml(_) | Action::Mlx(_) => None,
         }
     }
 
@@ -294,6 +306,7 @@ impl TensorPlan {
         match &self.action {
             Action::Quantize(f) => Some(f.scheme.bits()),
             Action::Ggml(t) => Some(t.bits()),
+            Action::Mlx(m) => Some(m.bits),
             Action::Keep(_) => None,
         }
     }
@@ -359,9 +372,16 @@ impl Plan {
                 ..Default::default()
             };
             let mut outs = Vec::new();
+            let mut mlx_tensors = serde_json::Map::new();
             let mut tensors = Vec::with_capacity(shard.tensors.len());
             for t in &shard.tensors {
                 let action = decide(t, rules).map_err(err)?;
+                if let Action::Mlx(m) = &action {
+                    mlx_tensors.insert(
+                        t.name.clone(),
+                        serde_json::json!({ "bits": m.bits, "group_size": m.group, "dtype": t.dtype.to_string() }),
+                    );
+                }
                 let k = t.shape.last().copied().unwrap_or(1);
                 let rows = t.numel().checked_div(k).unwrap_or(0);
                 let pieces = match &action {
@@ -375,6 +395,48 @@ impl Plan {
                         vec![(PieceKind::Kept, t.name.clone())]
                     }
                     Action::Ggml(_) => unreachable!("decide gives GGUF types only to GGUF plans"),
+                    Action::Mlx(m) => {
+                        let base = t.name.strip_suffix(".weight").unwrap_or(&t.name);
+                        let lead = &t.shape[..t.shape.len() - 1];
+                        let with_last = |n: usize| [lead, &[n]].concat();
+                        let sdt = scale_safetensors_dtype(m.dtype);
+                        let groups = k / m.group;
+                        let parts = [
+                            (
+                                PieceKind::Codes,
+                                format!("{base}.weight"),
+                                Dtype::U32,
+                                k * m.bits as usize / 32,
+                                m.code_bytes_per_row(k),
+                            ),
+                            (
+                                PieceKind::Scales,
+                                format!("{base}.scales"),
+                                sdt,
+                                groups,
+                                m.scale_bytes_per_row(k),
+                            ),
+                            (
+                                PieceKind::Mins,
+                                format!("{base}.biases"),
+                                sdt,
+                                groups,
+                                m.scale_bytes_per_row(k),
+                            ),
+                        ];
+                        parts
+                            .into_iter()
+                            .map(|(kind, name, dtype, last, per_row)| {
+                                outs.push(OutTensor {
+                                    name: name.clone(),
+                                    dtype,
+                                    shape: with_last(last),
+                                    nbytes: (rows * per_row) as u64,
+                                });
+                                (kind, name)
+                            })
+                            .collect()
+                    }
                     Action::Quantize(f) => {
                         meta.tensors
                             .insert(t.name.clone(), PackedTensor::new(f, t.dtype, &t.shape));
@@ -428,7 +490,17 @@ impl Plan {
                 tensors.push((t.clone(), action, rows, k, pieces));
             }
             let mut md = shard.metadata.clone();
-            md.insert(METADATA_KEY.into(), meta.to_json());
+            if rules.mlx {
+                // mlx_lm's own files say `format: mlx`; the quantization is in config.json,
+                // and here too, so that a file can be decoded on its own.
+                md.insert("format".into(), "mlx".into());
+                md.insert(
+                    MLX_METADATA_KEY.into(),
+                    serde_json::json!({ "mode": "affine", "tensors": mlx_tensors }).to_string(),
+                );
+            } else {
+                md.insert(METADATA_KEY.into(), meta.to_json());
+            }
             let layout = layout(&outs, &md).map_err(err)?;
             let mut at = 0;
             let tensors = tensors
@@ -716,6 +788,11 @@ fn gguf_file_name(ckpt: &Checkpoint) -> String {
     format!("{}.gguf", stem.unwrap_or_else(|| "model".into()))
 }
 
+/// The `__metadata__` key that marks shrinkray's MLX output: a JSON object
+/// `{"mode": "affine", "tensors": {NAME: {"bits", "group_size", "dtype"}}}`
+/// (mlx_lm itself reads config.json; this lets a file be decoded on its own).
+pub const MLX_METADATA_KEY: &str = "shrinkray_mlx";
+
 /// Decides what happens to one tensor; fails on an override of the other
 /// output format's scheme.
 pub fn decide(t: &TensorEntry, rules: &Rules) -> Result<Action, String> {
@@ -770,6 +847,43 @@ pub fn decide(t: &TensorEntry, rules: &Rules) -> Result<Action, String> {
         Some(other) => return Err(wrong(other)),
     };
     let group = matched.and_then(|o| o.group).unwrap_or(rules.group);
+    if rules.mlx {
+        let bits = match scheme {
+            Scheme::Int4Asym => 4,
+            Scheme::Int8Asym => 8,
+            other => {
+                return Err(format!(
+                    "tensor `{}`: MLX's affine layout holds int4-asym or int8-asym, not {other}",
+                    t.name
+                ))
+            }
+        };
+        let g = match group {
+            GroupSize::Fixed(g) if [32, 64, 128].contains(&g) => g,
+            other => {
+                return Err(format!(
+                    "tensor `{}`: MLX groups are 32, 64 or 128 elements, not {other}",
+                    t.name
+                ))
+            }
+        };
+        if !t.name.ends_with("weight") && matched.is_none() {
+            return Ok(Action::Keep(KeepReason::NotLayerWeight));
+        }
+        if k % g != 0 {
+            return Ok(Action::Keep(KeepReason::NotGroupMultiple));
+        }
+        let dtype = match t.dtype {
+            Dtype::F16 => ScaleDtype::F16,
+            Dtype::BF16 => ScaleDtype::BF16,
+            _ => ScaleDtype::F32,
+        };
+        return Ok(Action::Mlx(MlxFormat {
+            bits,
+            group: g,
+            dtype,
+        }));
+    }
     Ok(Action::Quantize(QuantFormat {
         scheme,
         group: match group {

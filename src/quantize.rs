@@ -8,7 +8,7 @@ use crate::engine::{self, Nonfinite, RunOutcome};
 use crate::plan::{weight_map, Plan, Rules};
 use crate::report::{self, Measured, Report};
 use crate::writer::{
-    free_space, parent_dir, resolve_outputs, write_index, CreatedDir, PendingFile,
+    free_space, parent_dir, resolve_outputs, write_index, write_small_file, CreatedDir, PendingFile,
 };
 use crate::{progress_bar, thread_count, with_threads, Result};
 use shrinkray_kernels::{selected_isa, Isa};
@@ -83,13 +83,14 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
     let mut created = CreatedDir::default();
     // At most two passes: the second only when the first found tensors whose
     // scales do not fit the scale dtype (their F32 scales move every offset).
-    let (plan, names, paths, files, outcomes) = loop {
+    let (plan, names, paths, files, outcomes, config) = loop {
         let plan = Plan::build(&ckpt, &rules)?;
         let names = shard_names(&plan);
         let paths = resolve_outputs(&ckpt, &names, output, opts.force, false, plan.is_gguf())?;
         if !created.is_set() {
             created = CreatedDir::new(paths.created.clone());
         }
+        let config = mlx_config(&ckpt, &plan, &paths.files[0], opts.force)?;
         let files = plan
             .shards
             .iter()
@@ -108,7 +109,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         })??;
         pb.finish_and_clear();
         match run {
-            RunOutcome::Done(outcomes) => break (plan, names, paths, files, outcomes),
+            RunOutcome::Done(outcomes) => break (plan, names, paths, files, outcomes, config),
             RunOutcome::WidenScales(w) => {
                 drop(files); // removes the incomplete temporaries
                 rules.wide_scales.extend(w.iter().map(|w| w.name.clone()));
@@ -130,6 +131,10 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
             .map(|s| s.layout.total - s.layout.header.len() as u64)
             .sum();
         write_index(index_path, &index.metadata, &weight_map(&plan), data)?;
+    }
+    if let Some((path, json)) = config {
+        let text = serde_json::to_string_pretty(&json).expect("config serializes") + "\n";
+        write_small_file(&path, text.as_bytes())?;
     }
     let actual = written
         .iter()
@@ -154,6 +159,71 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
     report.warnings.extend(widened.iter().map(|w| w.describe()));
     created.keep();
     Ok(report)
+}
+
+/// For MLX output: the input's `config.json` with mlx_lm's `quantization` block
+/// (and its copy `quantization_config`), to be written beside the output.
+/// `None` when the input has no config.json, or when the output lands in the
+/// input's own directory (shrinkray never writes over an input file).
+fn mlx_config(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    first_output: &Path,
+    force: bool,
+) -> Result<Option<(std::path::PathBuf, serde_json::Value)>> {
+    if !plan.rules.mlx {
+        return Ok(None);
+    }
+    let in_dir = ckpt.shards[0]
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let out_dir = parent_dir(first_output);
+    let source = in_dir.join("config.json");
+    let Ok(text) = std::fs::read(&source) else {
+        return Ok(None);
+    };
+    let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
+    if same(&in_dir, &out_dir) {
+        return Ok(None);
+    }
+    let mut config: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| crate::Error::Other(format!("{}: not valid JSON: {e}", source.display())))?;
+    let target = out_dir.join("config.json");
+    if target.exists() && !force {
+        return Err(crate::Error::Other(format!(
+            "{}: already exists (use --force to replace it)",
+            target.display()
+        )));
+    }
+    let (bits, group) = match (plan.rules.scheme, plan.rules.group) {
+        (s, crate::plan::GroupSize::Fixed(g)) => (s.bits(), g),
+        (s, _) => (s.bits(), 64),
+    };
+    let mut q = serde_json::json!({ "group_size": group, "bits": bits, "mode": "affine" });
+    for t in plan.tensors() {
+        if let crate::plan::Action::Mlx(m) = &t.action {
+            if (m.bits, m.group) != (bits, group) {
+                let layer = t
+                    .entry
+                    .name
+                    .strip_suffix(".weight")
+                    .unwrap_or(&t.entry.name);
+                q[layer] =
+                    serde_json::json!({ "group_size": m.group, "bits": m.bits, "mode": "affine" });
+            }
+        }
+    }
+    let Some(obj) = config.as_object_mut() else {
+        return Err(crate::Error::Other(format!(
+            "{}: not a JSON object",
+            source.display()
+        )));
+    };
+    obj.insert("quantization".into(), q.clone());
+    obj.insert("quantization_config".into(), q);
+    Ok(Some((target, config)))
 }
 
 fn shard_names(plan: &Plan) -> Vec<String> {

@@ -268,6 +268,16 @@ pub fn build(
                     ty.bits(),
                 )
             }
+            Action::Mlx(m) => {
+                naive_codes_bits += t.params() as u128 * m.bits as u128;
+                (
+                    format!("mlx-int{}", m.bits),
+                    None,
+                    Some(m.group),
+                    Some(m.dtype.name().to_string()),
+                    m.bits,
+                )
+            }
             Action::Keep(r) => {
                 naive_kept_bits += t.params() as u128 * default_bits as u128;
                 (
@@ -364,6 +374,8 @@ pub fn build(
         group_size,
         scale_dtype: if plan.is_gguf() {
             "F16".into()
+        } else if plan.rules.mlx {
+            "weight-dtype".into()
         } else {
             plan.rules.scale_dtype.name().into()
         },

@@ -9,6 +9,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 use shrinkray_kernels::ggml::{self, GgmlType};
+use shrinkray_kernels::mlx::{self, MlxFormat};
 use shrinkray_kernels::ErrorStats;
 
 use crate::checkpoint::{map_file, Checkpoint};
@@ -16,6 +17,7 @@ use crate::decode::{decode_rows, read_items, Item, Quantized};
 use crate::engine::{to_f32, CHUNK_ELEMS};
 use crate::format::METADATA_KEY;
 use crate::gguf;
+use crate::plan::MLX_METADATA_KEY;
 use crate::report::{shape_str, worst_first, ErrorSummary, PieceBytes};
 use crate::units::{bytes, count, db, sci, Table};
 use crate::{with_threads, Error, Result};
@@ -104,10 +106,10 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
     if !pck
         .shards
         .iter()
-        .any(|s| s.metadata.contains_key(METADATA_KEY))
+        .any(|s| s.metadata.contains_key(METADATA_KEY) || s.metadata.contains_key(MLX_METADATA_KEY))
     {
         return Err(Error::Other(format!(
-            "{}: not a shrinkray packed file (no `{METADATA_KEY}` metadata)",
+            "{}: not a shrinkray packed file (no `{METADATA_KEY}` or `{MLX_METADATA_KEY}` metadata)",
             packed.display()
         )));
     }
@@ -178,6 +180,41 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
                     let st = with_threads(opts.threads, || {
                         measure(&pck, q, &orig.shards[si].data(t)?)
                     })??;
+                    all.merge(&st, 0);
+                    let e = ErrorSummary::from(&st);
+                    if let Some(max) = opts.max_rel_error {
+                        if e.rel_error > max {
+                            failures.push(format!(
+                                "tensor `{}`: relative error {:.4e} is above --max-rel-error {max}",
+                                t.name, e.rel_error
+                            ));
+                        }
+                    }
+                    row.error = Some(e);
+                }
+            }
+            Item::Mlx(q) => {
+                params_q += t.numel() as u64;
+                row.stored_as = format!("mlx-int{}", q.fmt.bits);
+                row.group_size = Some(q.fmt.group);
+                row.stored_bytes = q.stored_bytes();
+                row.naive_bits = q.fmt.bits;
+                row.bytes.codes = q.codes.nbytes() as u64;
+                row.bytes.scales = q.scales.nbytes() as u64;
+                row.bytes.mins = q.biases.nbytes() as u64;
+                expected += q.stored_bytes();
+                if q.dtype != t.dtype || q.shape != t.shape {
+                    failures.push(format!(
+                        "tensor `{}`: the MLX output says {} {:?}, the original is {} {:?}",
+                        t.name, q.dtype, q.shape, t.dtype, t.shape
+                    ));
+                } else {
+                    let sh = &pck.shards[q.shard];
+                    let (c, sc, b) = (sh.data(q.codes)?, sh.data(q.scales)?, sh.data(q.biases)?);
+                    let x = orig.shards[si].data(t)?;
+                    let st = with_threads(opts.threads, || {
+                        measure_mlx(&q.fmt, q.k, t.dtype, &c, &sc, &b, &x)
+                    })?;
                     all.merge(&st, 0);
                     let e = ErrorSummary::from(&st);
                     if let Some(max) = opts.max_rel_error {
@@ -391,6 +428,39 @@ fn verify_gguf(
         failures,
     };
     Ok(finish(original, packed, orig, tally, opts))
+}
+
+/// Decodes MLX rows of `k` elements and compares them with the original bytes.
+fn measure_mlx(
+    f: &MlxFormat,
+    k: usize,
+    dtype: safetensors::Dtype,
+    codes: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    original: &[u8],
+) -> ErrorStats {
+    let esize = dtype.bitsize() / 8;
+    let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
+    let (cb, sb) = (f.code_bytes_per_row(k), f.scale_bytes_per_row(k));
+    original
+        .par_chunks((rpc * k * esize).max(1))
+        .zip(codes.par_chunks((rpc * cb).max(1)))
+        .zip(scales.par_chunks((rpc * sb).max(1)))
+        .zip(biases.par_chunks((rpc * sb).max(1)))
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(xbuf, dbuf): &mut (Vec<f32>, Vec<f32>), (((src, c), s), b)| {
+                let x = to_f32(dtype, src, xbuf);
+                dbuf.resize(x.len(), 0.0);
+                mlx::dequantize_rows(f, k, c, s, b, dbuf);
+                compare(x, dbuf)
+            },
+        )
+        .reduce(ErrorStats::default, |mut a, b| {
+            a.merge(&b, 0);
+            a
+        })
 }
 
 /// Decodes GGUF blocks of rows of `k` elements and compares them with the original bytes.

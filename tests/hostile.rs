@@ -1068,7 +1068,7 @@ rejected! {
             h["__metadata__"] = json!({"shrinkray": "mine, not yours"});
         }))),
     plain_file_given_to_dequantize_and_as_packed_to_verify => case(&[Dequantize, VerifyPacked],
-        &["not a shrinkray packed file (no `shrinkray` metadata)"],
+        &["not a shrinkray packed file (no `shrinkray` or `shrinkray_mlx` metadata)"],
         |d| Setup::new(plain(&d.at("m.safetensors"), &[weight(T)]))),
     input_tensor_names_collide_with_packed_names => case(&[Quantize, DryRun],
         &["two output tensors would be named"],

@@ -15,6 +15,7 @@
 
 mod arch;
 pub mod ggml;
+pub mod mlx;
 pub mod scalar;
 
 use std::fmt;
