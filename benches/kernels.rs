@@ -1,7 +1,9 @@
 //! Kernel throughput in bytes of input per second, next to a memcpy of the
 //! same bytes measured in the same run: `cargo bench --bench kernels`.
 //!
-//! Ids: `quantize/<scheme>/g<group>/<input dtype>/<path>` and `memcpy/<bytes>`.
+//! Ids: `quantize/<scheme>/g<group>/<input dtype>/<path>` and `memcpy/<bytes>`;
+//! for the GGUF block kernels on 64 MiB of F32 (`-- ggml`), `ggml/<type>/<path>`
+//! and `ggml/memcpy/<bytes>`.
 
 use std::hint::black_box;
 
@@ -9,6 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use indicatif::ProgressBar;
 use safetensors::Dtype;
 use shrinkray::engine::{quantize_tensor, Workspace};
+use shrinkray::kernels::ggml::{quantize_blocks_with, GgmlType};
 use shrinkray::kernels::{Isa, QuantFormat, ScaleDtype, Scheme};
 use shrinkray::synth::{encode, Rng};
 
@@ -66,5 +69,32 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// Elements of the GGUF block benchmark: 64 MiB of F32.
+const GGML_ELEMS: usize = 16 << 20;
+
+/// The GGUF block kernels alone (one thread, no engine), next to a memcpy of the same bytes.
+fn bench_ggml(c: &mut Criterion) {
+    let mut rng = Rng::new(11);
+    let x: Vec<f32> = (0..GGML_ELEMS)
+        .map(|_| ((rng.uniform() - 0.5) * (rng.uniform() * 4.0).exp2()) as f32)
+        .collect();
+    let mut g = c.benchmark_group("ggml");
+    g.throughput(Throughput::Bytes((x.len() * 4) as u64));
+    g.sample_size(10);
+    let mut dst = vec![0f32; x.len()];
+    g.bench_function(BenchmarkId::new("memcpy", x.len() * 4), |b| {
+        b.iter(|| dst.copy_from_slice(black_box(&x)))
+    });
+    for ty in GgmlType::ALL {
+        let mut out = vec![0u8; ty.row_bytes(x.len())];
+        for isa in Isa::available() {
+            g.bench_function(format!("{}/{isa}", ty.name()), |b| {
+                b.iter(|| quantize_blocks_with(isa, ty, black_box(&x), &mut out))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_ggml);
 criterion_main!(benches);

@@ -7,6 +7,8 @@
 //! ggml's `quantize_row_*_ref` built without FMA contraction. The formulas,
 //! their f32 rounding steps and the golden vectors they are tested against
 //! are in `fixtures/gguf/NOTES.md` and `fixtures/gguf/golden.json`.
+//! [`quantize_blocks_with`] runs the same arithmetic with SIMD instructions,
+//! bit for bit (`kernels/tests/ggml_simd_vs_scalar.rs`).
 //!
 //! Per block of 32 f32 values `x` (every operation is an f32 operation,
 //! rounded on its own; nothing is fused):
@@ -403,9 +405,10 @@ pub fn quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
 /// `sum_sq_err` and `sum_sq` equal up to summation order.
 ///
 /// [`Isa::Scalar`] is [`quantize_blocks`] itself (the specification).
-/// [`Isa::Avx2`] quantizes eight blocks at a time and runs the specification
-/// for any block that holds a NaN, ±Inf or `|x| ≥ 2^60`, or whose `1/d`
-/// overflows.
+/// [`Isa::Avx2`] quantizes eight blocks at a time with AVX2 + F16C and runs
+/// the specification for any block that holds a NaN or ±Inf, values whose
+/// squares overflow f32 when summed (`|x|` of about `10^19` and above), or
+/// whose `1/d` overflows.
 ///
 /// # Panics
 /// If `isa` is not available on this CPU, if `x.len()` is not a multiple of

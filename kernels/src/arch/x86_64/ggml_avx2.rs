@@ -3,34 +3,41 @@
 //!
 //! A batch of eight blocks (256 values) takes two passes over the input:
 //!
-//! 1. Each block is loaded once for its largest `|x|` (the integer maximum of
-//!    the absolute-value bits: exact for finite values, and NaN or ±Inf come
-//!    out above every finite value), Q4_1's min and max, and Σx². A
-//!    transposing reduction puts block `j`'s values in lane `j`; the eight
-//!    `d`, `id` and f16 `d` (and `m`) are then computed together with the
-//!    specification's f32 operations (a vector division is the same IEEE
-//!    division, and F16C's round-to-nearest-even conversion is
-//!    `half::f16::from_f32`: ±Inf on overflow, f16 subnormals kept).
+//! 1. Each block is loaded once for its largest `|x|` (Q8_0: the integer
+//!    maximum of the absolute-value bits, exact for finite values) or its min
+//!    and max (Q4_0, Q4_1), and Σx². A transposing reduction puts block `j`'s
+//!    values in lane `j`; the eight `d`, `id` and f16 `d` (and `m`) are then
+//!    computed together with the specification's f32 operations (a vector
+//!    division is the same IEEE division, and F16C's round-to-nearest-even
+//!    conversion is `half::f16::from_f32`: ±Inf on overflow, f16 subnormals
+//!    kept). Q4_0's "first element of largest |x|" is the max or the min,
+//!    whichever is larger in magnitude; only when both are (or the block is
+//!    all zeros) is the block searched for the first one. A zero Q4_1 min or
+//!    max is replaced by the block's first zero, so its sign is the
+//!    specification's.
 //! 2. Per block (reloaded from L1), the codes with the specification's
 //!    operations in the same order, each rounded on its own (a multiply then
 //!    an add: never fused), the decode, and the error sums.
 //!
-//! A block goes through the vector code only when every `|x| < 2^60` (so it
-//! is finite, and no square or sum of squares can overflow the f32
-//! accumulators) and its `id` is finite. Then every value before an integer
-//! conversion is finite and small (`|x·id| ≤ 127.0001` for Q8_0,
-//! `x·id + 8.5` and `(x − min)·id + 0.5` in `[0.49, 16.5]` for the 4-bit
-//! types, NOTES.md), so the specification's "non-finite becomes 0" never
-//! applies and `_mm256_cvttps_epi32` never sees an out-of-range value. Any
-//! other block (NaN, ±Inf, a huge value, or a `d` so small that `1/d`
-//! overflows) runs the scalar specification itself. When a batch of eight
-//! holds such a block, its blocks are retried one at a time; the last `< 8`
-//! blocks of a call also go one at a time.
+//! A batch goes through the vector code only when its Σx² lanes are finite
+//! (so it holds no NaN or ±Inf, and no square or partial sum overflows f32:
+//! min/max and the sums can be trusted) and every `id` is finite. Then every
+//! value before an integer conversion is finite and small (`|x·id| ≤ 127.0001`
+//! for Q8_0, `x·id + 8.5` and `(x − min)·id + 0.5` in `[0.49, 16.5]` for the
+//! 4-bit types, NOTES.md), so the specification's "non-finite becomes 0"
+//! never applies and `_mm256_cvttps_epi32` never sees an out-of-range value.
+//! Otherwise its blocks are retried one at a time, and a block that still
+//! fails (NaN, ±Inf, `|x|` near `1.8e19` or above, or a `d` so small that `1/d`
+//! overflows) runs the scalar specification itself. The last `< 8` blocks of
+//! a call go one at a time too.
 //!
 //! The error statistics differ from the scalar ones only in summation order:
-//! squares are summed in f32 (at most 32 terms per lane, then in f64 per
-//! batch), where the specification sums f64 squares. `max_abs_err`, the
-//! counts and the flags are exact.
+//! squares are summed in f32 (at most 16 terms per lane and accumulator, then
+//! in f64 per batch), where the specification sums f64 squares. The errors of
+//! a block whose f16 `d` or `m` overflowed are masked to 0 (it adds none); a
+//! block whose `d` and `m` fit f16 has `|x| < 65520 · 127`, so the error
+//! squares that count never overflow. `max_abs_err`, the counts and the
+//! flags are exact.
 
 use core::arch::x86_64::*;
 
@@ -42,9 +49,6 @@ const QK: usize = GgmlType::BLOCK;
 const Q8_0: u8 = 0;
 const Q4_0: u8 = 1;
 const Q4_1: u8 = 2;
-
-/// 2^60 as f32 bits: blocks with a larger `|x|` (or a NaN/±Inf) run the scalar code.
-const BIG_BITS: i32 = 0x5D80_0000;
 
 /// Quantizes whole blocks; see [`crate::ggml::quantize_blocks_with`].
 ///
@@ -143,8 +147,9 @@ unsafe fn batch<const T: u8, const N: usize>(
     };
     assert!((1..=8).contains(&N) && x.len() == N * QK && out.len() == N * bb);
     // SAFETY: every load reads x[j·32 .. j·32 + 32] for j < N, and every store writes
-    // out[j·bb .. (j + 1)·bb] for j < N: inside the slices by the assertion above. The
-    // remaining operations work on registers and local arrays. The CPU has AVX2/FMA/F16C.
+    // out[j·bb .. (j + 1)·bb] for j < N: inside the slices by the assertion above (`codes`
+    // has the same contract). The remaining operations work on registers and local
+    // arrays. The CPU has AVX2/FMA/F16C.
     unsafe {
         let p = x.as_ptr();
         let zero = _mm256_setzero_ps();
@@ -152,20 +157,21 @@ unsafe fn batch<const T: u8, const N: usize>(
         let sign = _mm256_set1_ps(-0.0);
         let abs_bits = _mm256_set1_epi32(0x7FFF_FFFF);
 
-        // Pass 1: per block, max |x| as bits (and min/max for Q4_1), and Σx².
+        // Pass 1: per block, max |x| as bits (Q8_0) or min and max (Q4_0, Q4_1), and Σx².
         let mut am = [zero; 8];
         let mut lo = [zero; 8];
         let mut hi = [zero; 8];
         let (mut xa, mut xb) = (zero, zero);
         for j in 0..N {
             let v = load4(p.add(j * QK));
-            let a: [__m256i; 4] =
-                core::array::from_fn(|k| _mm256_and_si256(_mm256_castps_si256(v[k]), abs_bits));
-            am[j] = _mm256_castsi256_ps(_mm256_max_epi32(
-                _mm256_max_epi32(a[0], a[1]),
-                _mm256_max_epi32(a[2], a[3]),
-            ));
-            if T == Q4_1 {
+            if T == Q8_0 {
+                let a: [__m256i; 4] =
+                    core::array::from_fn(|k| _mm256_and_si256(_mm256_castps_si256(v[k]), abs_bits));
+                am[j] = _mm256_castsi256_ps(_mm256_max_epi32(
+                    _mm256_max_epi32(a[0], a[1]),
+                    _mm256_max_epi32(a[2], a[3]),
+                ));
+            } else {
                 lo[j] = _mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3]));
                 hi[j] = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
             }
@@ -175,27 +181,34 @@ unsafe fn batch<const T: u8, const N: usize>(
             xa = _mm256_fmadd_ps(v[2], v[2], xa);
             xb = _mm256_fmadd_ps(v[3], v[3], xb);
         }
-        // Lane j: block j's largest |x| as bits (lanes ≥ N: 0).
-        let amax_bits = _mm256_castps_si256(transpose_reduce::<MAX_I32>(&am));
-        let small = _mm256_cmpgt_epi32(_mm256_set1_epi32(BIG_BITS), amax_bits);
-        if _mm256_movemask_ps(_mm256_castsi256_ps(small)) != 0xFF {
+        // NaN and ±Inf make Σx² non-finite, and so does a square or partial sum that
+        // overflows f32: then min/max (which drop NaN) and the sums are not to be trusted.
+        let x2 = _mm256_add_ps(xa, xb);
+        if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x2, inf)) != 0xFF {
             return false;
         }
-        let amax = _mm256_castsi256_ps(amax_bits);
 
-        // The blocks' d (f32), and for Q4_1 their min and max.
-        let (d, mn, mx) = match T {
-            Q8_0 => (_mm256_div_ps(amax, _mm256_set1_ps(127.0)), zero, zero),
+        // The blocks' largest |x|, d (f32), and for Q4_1 their min and max; lane j is block j.
+        let (amax, d, mn, mx) = match T {
+            Q8_0 => {
+                let amax = transpose_reduce::<MAX_I32>(&am);
+                (amax, _mm256_div_ps(amax, _mm256_set1_ps(127.0)), zero, zero)
+            }
             Q4_0 => {
-                // The first element of largest |x|, with its sign.
-                let mut bits = [0i32; 8];
-                _mm256_storeu_si256(bits.as_mut_ptr() as *mut __m256i, amax_bits);
-                let mut signs = [0i32; 8];
-                for j in 0..N {
-                    signs[j] = first_sign_of(p.add(j * QK), bits[j]);
+                let lo = transpose_reduce::<MIN_PS>(&lo);
+                let hi = transpose_reduce::<MAX_PS>(&hi);
+                let neg_lo = _mm256_xor_ps(lo, sign);
+                let amax = _mm256_max_ps(hi, neg_lo);
+                // The first element of largest |x|, with its sign: `hi` or `lo` unless
+                // both are as large (or the block is all zeros), then the first of them.
+                let mut max = _mm256_blendv_ps(lo, hi, _mm256_cmp_ps::<_CMP_GT_OQ>(hi, neg_lo));
+                let ties = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(hi, neg_lo)) & lanes(N);
+                if ties != 0 {
+                    let mut m = to_array(max);
+                    first_of_largest(x, &to_array(amax), &mut m, ties);
+                    max = _mm256_loadu_ps(m.as_ptr());
                 }
-                let max = _mm256_or_ps(amax, _mm256_loadu_ps(signs.as_ptr() as *const f32));
-                (_mm256_div_ps(max, _mm256_set1_ps(-8.0)), zero, zero)
+                (amax, _mm256_div_ps(max, _mm256_set1_ps(-8.0)), zero, zero)
             }
             _ => {
                 let mut mn = transpose_reduce::<MIN_PS>(&lo);
@@ -206,10 +219,12 @@ unsafe fn batch<const T: u8, const N: usize>(
                     _mm256_cmp_ps::<_CMP_EQ_OQ>(mx, zero),
                 );
                 if _mm256_movemask_ps(z) & lanes(N) != 0 {
-                    (mn, mx) = first_zeros(x, mn, mx, N);
+                    let (mut l, mut h) = (to_array(mn), to_array(mx));
+                    first_zeros(x, &mut l, &mut h);
+                    (mn, mx) = (_mm256_loadu_ps(l.as_ptr()), _mm256_loadu_ps(h.as_ptr()));
                 }
                 let d = _mm256_div_ps(_mm256_sub_ps(mx, mn), _mm256_set1_ps(15.0));
-                (d, mn, mx)
+                (zero, d, mn, mx)
             }
         };
         // id = d == 0 ? 0 : 1/d (a ±0 d gives ±Inf, masked to +0).
@@ -240,7 +255,8 @@ unsafe fn batch<const T: u8, const N: usize>(
             _mm256_cmp_ps::<_CMP_GT_OQ>(amax, zero)
         };
         let zeroed = _mm256_and_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(df, zero), informative);
-        stats.overflowed_groups += (_mm256_movemask_ps(ovf) & lanes(N)).count_ones() as u64;
+        let overflowed = _mm256_movemask_ps(ovf) & lanes(N);
+        stats.overflowed_groups += overflowed.count_ones() as u64;
         stats.zeroed_groups += (_mm256_movemask_ps(zeroed) & lanes(N)).count_ones() as u64;
         let mut dh = [0u16; 8];
         let mut mh = [0u16; 8];
@@ -252,19 +268,67 @@ unsafe fn batch<const T: u8, const N: usize>(
                 out[j * bb + 2..j * bb + 4].copy_from_slice(&mh[j].to_le_bytes());
             }
         }
-        // An overflowed block adds no error: its lanes of `keep` are 0.
-        let keep = _mm256_andnot_ps(ovf, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
 
-        // Pass 2: codes, decode and error, block by block.
+        // Pass 2. An overflowed block adds no error: its lanes of `keep` are 0.
+        let params = Params { id, df, mn, mf };
+        let e2 = if overflowed == 0 {
+            codes::<T, N, false>(x, out, &params, zero, emax)
+        } else {
+            let keep = _mm256_andnot_ps(ovf, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
+            codes::<T, N, true>(x, out, &params, keep, emax)
+        };
+        stats.sum_sq += hsum(x2);
+        stats.sum_sq_err += hsum(e2);
+        true
+    }
+}
+
+/// The parameters of up to eight blocks, block `j` in lane `j`.
+struct Params {
+    /// `1 / d` from the f32 `d` (0 when `d` is 0).
+    id: __m256,
+    /// The stored `d`, decoded.
+    df: __m256,
+    /// Q4_1's min (f32).
+    mn: __m256,
+    /// Q4_1's stored `m`, decoded.
+    mf: __m256,
+}
+
+/// Pass 2 of [`batch`]: the codes of `N` blocks with the parameters in `p`, their decode
+/// and error; returns the lanes of Σe² and updates `emax`. With `KEEP`, block `j`'s error
+/// counts only where lane `j` of `keep` is set.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `x.len() == N·32`, `out.len() == N·block_bytes`; every `id` finite.
+#[inline(always)]
+unsafe fn codes<const T: u8, const N: usize, const KEEP: bool>(
+    x: &[f32],
+    out: &mut [u8],
+    p: &Params,
+    keep: __m256,
+    emax: &mut __m256,
+) -> __m256 {
+    let bb = match T {
+        Q8_0 => 34,
+        Q4_0 => 18,
+        _ => 20,
+    };
+    assert!(x.len() == N * QK && out.len() == N * bb);
+    // SAFETY: loads read x[j·32 .. j·32 + 32] and stores write out[j·bb + 2 .. (j + 1)·bb]
+    // for j < N, inside the slices by the assertion; the rest is register arithmetic.
+    unsafe {
+        let zero = _mm256_setzero_ps();
+        let sign = _mm256_set1_ps(-0.0);
         let (mut ea, mut eb) = (zero, zero);
         let mut em = *emax;
+        let src = x.as_ptr();
         let dst = out.as_mut_ptr();
         for j in 0..N {
             let l = _mm256_set1_epi32(j as i32);
-            let vid = _mm256_permutevar8x32_ps(id, l);
-            let vd = _mm256_permutevar8x32_ps(df, l);
-            let vk = _mm256_permutevar8x32_ps(keep, l);
-            let v = load4(p.add(j * QK));
+            let vid = _mm256_permutevar8x32_ps(p.id, l);
+            let vd = _mm256_permutevar8x32_ps(p.df, l);
+            let v = load4(src.add(j * QK));
             let mut q = [zero; 4];
             for k in 0..4 {
                 let y = match T {
@@ -287,16 +351,19 @@ unsafe fn batch<const T: u8, const N: usize>(
                         _mm256_mul_ps(vd, _mm256_sub_ps(q[k], _mm256_set1_ps(8.0)))
                     }
                     _ => {
-                        let vmn = _mm256_permutevar8x32_ps(mn, l);
+                        let vmn = _mm256_permutevar8x32_ps(p.mn, l);
                         let t = _mm256_add_ps(
                             _mm256_mul_ps(_mm256_sub_ps(v[k], vmn), vid),
                             _mm256_set1_ps(0.5),
                         );
                         q[k] = clamp15(t);
-                        _mm256_add_ps(_mm256_mul_ps(vd, q[k]), _mm256_permutevar8x32_ps(mf, l))
+                        _mm256_add_ps(_mm256_mul_ps(vd, q[k]), _mm256_permutevar8x32_ps(p.mf, l))
                     }
                 };
-                let e = _mm256_and_ps(_mm256_sub_ps(v[k], y), vk);
+                let mut e = _mm256_sub_ps(v[k], y);
+                if KEEP {
+                    e = _mm256_and_ps(e, _mm256_permutevar8x32_ps(keep, l));
+                }
                 if k % 2 == 0 {
                     ea = _mm256_fmadd_ps(e, e, ea);
                 } else {
@@ -327,9 +394,7 @@ unsafe fn batch<const T: u8, const N: usize>(
             }
         }
         *emax = em;
-        stats.sum_sq += hsum(_mm256_add_ps(xa, xb));
-        stats.sum_sq_err += hsum(_mm256_add_ps(ea, eb));
-        true
+        _mm256_add_ps(ea, eb)
     }
 }
 
@@ -352,44 +417,27 @@ unsafe fn clamp15(t: __m256) -> __m256 {
     }
 }
 
-/// The sign bit (as `i32`) of the first of the 32 values at `p` whose |x| has the bits
-/// `abs_bits` (numpy's argmax, ggml C's strict `<`).
-///
-/// # Safety
-/// `p..p+32` readable; AVX2.
-#[inline(always)]
-unsafe fn first_sign_of(p: *const f32, abs_bits: i32) -> i32 {
-    // SAFETY: reads p[0..32] (the caller's contract); `& 31` keeps the index inside the
-    // block even if no bit were set (impossible: `abs_bits` is one of the block's |x|).
-    unsafe {
-        let v = load4(p);
-        let want = _mm256_set1_epi32(abs_bits);
-        let abs = _mm256_set1_epi32(0x7FFF_FFFF);
-        let mut mask = 0u32;
-        for (k, vk) in v.iter().enumerate() {
-            let a = _mm256_and_si256(_mm256_castps_si256(*vk), abs);
-            let hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, want));
-            mask |= (_mm256_movemask_ps(hit) as u32) << (8 * k);
+/// For each block `j` set in `ties`: `max[j]` becomes the block's first element whose
+/// |x| is `amax[j]` (numpy's argmax, ggml C's strict `<`), with its sign.
+#[cold]
+#[inline(never)]
+fn first_of_largest(x: &[f32], amax: &[f32; 8], max: &mut [f32; 8], ties: i32) {
+    for (j, block) in x.chunks_exact(QK).enumerate() {
+        if ties & (1 << j) != 0 {
+            max[j] = *block
+                .iter()
+                .find(|v| v.abs() == amax[j])
+                .unwrap_or(&block[0]);
         }
-        let i = (mask.trailing_zeros() & 31) as usize;
-        (*p.add(i)).to_bits() as i32 & i32::MIN
     }
 }
 
-/// Replaces a zero min (max) of block `j < n` by the block's first zero, which is the
-/// element the specification's scan keeps (ties keep the first), with its sign.
+/// Replaces a zero `lo[j]` (`hi[j]`) of block `j` by the block's first zero, which is
+/// the element the specification's scan keeps (ties keep the first), with its sign.
 #[cold]
 #[inline(never)]
-fn first_zeros(x: &[f32], mn: __m256, mx: __m256, n: usize) -> (__m256, __m256) {
-    let (mut lo, mut hi) = ([0f32; 8], [0f32; 8]);
-    // SAFETY: stores into local arrays of 8 f32; this runs only inside the AVX2
-    // kernels, on a CPU the caller checked has AVX.
-    unsafe {
-        _mm256_storeu_ps(lo.as_mut_ptr(), mn);
-        _mm256_storeu_ps(hi.as_mut_ptr(), mx);
-    }
-    for j in 0..n {
-        let block = &x[j * QK..(j + 1) * QK];
+fn first_zeros(x: &[f32], lo: &mut [f32; 8], hi: &mut [f32; 8]) {
+    for (j, block) in x.chunks_exact(QK).enumerate() {
         let first_zero = || *block.iter().find(|v| **v == 0.0).unwrap_or(&0.0);
         if lo[j] == 0.0 {
             lo[j] = first_zero();
@@ -398,8 +446,18 @@ fn first_zeros(x: &[f32], mn: __m256, mx: __m256, n: usize) -> (__m256, __m256) 
             hi[j] = first_zero();
         }
     }
-    // SAFETY: loads from local arrays of 8 f32; AVX as above.
-    unsafe { (_mm256_loadu_ps(lo.as_ptr()), _mm256_loadu_ps(hi.as_ptr())) }
+}
+
+/// The lanes of `v`.
+///
+/// # Safety
+/// AVX.
+#[inline(always)]
+unsafe fn to_array(v: __m256) -> [f32; 8] {
+    let mut a = [0f32; 8];
+    // SAFETY: stores 8 f32 into a local array of 8.
+    unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+    a
 }
 
 const MAX_I32: u8 = 0;
@@ -502,7 +560,13 @@ mod tests {
         let mut values = Vec::new();
         for h in 0u16..0x7C00 {
             let a = half::f16::from_bits(h).to_f32();
-            let b = half::f16::from_bits(h + 1).to_f32();
+            // The last finite f16's upper neighbour is 2^16 (its midpoint, 65520, is the
+            // overflow boundary).
+            let b = if h == 0x7BFF {
+                65536.0
+            } else {
+                half::f16::from_bits(h + 1).to_f32()
+            };
             let mid = (a as f64 + b as f64) / 2.0;
             let m = mid as f32;
             assert_eq!(m as f64, mid, "midpoints are f32 values");
@@ -511,7 +575,14 @@ mod tests {
                 values.extend([a, v, -a, -v]);
             }
         }
-        values.extend([65504.0, 65519.0, 65520.0, 65520.0f32.next_down(), 1e6, 3e38]);
+        values.extend([
+            65504.0,
+            65519.0,
+            65520.0,
+            f32::from_bits(65520.0f32.to_bits() - 1),
+            1e6,
+            3e38,
+        ]);
         values.extend([f32::MIN_POSITIVE, 1e-40, 2f32.powi(-24), 2f32.powi(-25)]);
         values.extend([f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN]);
         values.extend(
@@ -539,13 +610,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// The bit maximum used for max |x| puts every NaN and ±Inf above 2^60.
-    #[test]
-    fn big_bits_is_two_to_the_sixty() {
-        assert_eq!(f32::from_bits(BIG_BITS as u32), 2f32.powi(60));
-        assert!(f32::INFINITY.to_bits() as i32 > BIG_BITS);
-        assert!(f32::NAN.to_bits() as i32 > BIG_BITS);
     }
 }
