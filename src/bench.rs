@@ -31,7 +31,7 @@ pub struct BenchOptions {
     pub size: u64,
     /// Packed schemes.
     pub schemes: Vec<Scheme>,
-    /// GGUF block types (scalar kernels, ggml's reference rounding).
+    /// GGUF block types (ggml's reference rounding, every ISA).
     pub ggml: Vec<GgmlType>,
     /// Group sizes.
     pub groups: Vec<usize>,
@@ -269,7 +269,11 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                     }
                 }
             }
-            for &ty in &opts.ggml {
+            let ggml_runs = opts
+                .ggml
+                .iter()
+                .flat_map(|t| opts.isas.iter().map(move |i| (*t, *i)));
+            for (ty, isa) in ggml_runs {
                 let hidden = ProgressBar::hidden();
                 let mut ws = Workspace::default();
                 let (med, min) = time(opts.reps, || {
@@ -281,6 +285,7 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                             n / BENCH_K,
                             BENCH_K,
                             ty,
+                            isa,
                             &hidden,
                             &|_| {},
                         )
@@ -293,7 +298,7 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                     kind: "quantize".into(),
                     scheme: Some(ty.name().into()),
                     group_size: Some(GgmlType::BLOCK),
-                    isa: Some(Isa::Scalar.name().into()),
+                    isa: Some(isa.name().into()),
                     gb_s: gb,
                     vs_memcpy: gb / copy,
                     vs_read: gb / read,

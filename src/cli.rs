@@ -472,7 +472,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 opts.dtypes.len()
                     * opts.threads.len()
-                    * (opts.schemes.len() * opts.groups.len() * opts.isas.len() + opts.ggml.len())
+                    * (opts.schemes.len() * opts.groups.len() + opts.ggml.len())
+                    * opts.isas.len()
             };
             let pb = shrinkray::progress_bar(runs as u64, !a.out.json, "bench");
             pb.set_style(

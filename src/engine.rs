@@ -178,7 +178,7 @@ pub fn run(
                     let (out, ty) = match &tp.action {
                         Action::Ggml(ty) => {
                             let out = quantize_ggml_tensor(
-                                &mut ws, &data, e, rows, k, *ty, progress, &release,
+                                &mut ws, &data, e, rows, k, *ty, isa, progress, &release,
                             );
                             (out, ty.name())
                         }
@@ -410,7 +410,7 @@ pub fn quantize_tensor<'w>(
 }
 
 /// Quantizes a whole tensor of `rows × k` elements (`k` a multiple of 32)
-/// into GGUF blocks of type `ty`, in parallel over row chunks, into `ws`.
+/// into GGUF blocks of type `ty` with kernels `isa`, in parallel over row chunks, into `ws`.
 #[allow(clippy::too_many_arguments)]
 pub fn quantize_ggml_tensor<'w>(
     ws: &'w mut Workspace,
@@ -419,6 +419,7 @@ pub fn quantize_ggml_tensor<'w>(
     rows: usize,
     k: usize,
     ty: GgmlType,
+    isa: Isa,
     progress: &ProgressBar,
     release: &(dyn Fn(&[u8]) + Sync),
 ) -> TensorOutput<'w> {
@@ -432,7 +433,7 @@ pub fn quantize_ggml_tensor<'w>(
         per_row,
         progress,
         release,
-        |x, c, _, _| ggml::quantize_blocks(ty, x, c),
+        |x, c, _, _| ggml::quantize_blocks_with(isa, ty, x, c),
     )
 }
 
