@@ -280,6 +280,7 @@ pub fn run(
             .tensors
             .iter()
             .flat_map(|t| &t.pieces)
+            .filter(|p| p.nbytes > 0) // an empty tensor may sit at the very end
             .map(|p| p.offset + p.nbytes)
             .chain([sp.layout.header.len() as u64])
             .max()

@@ -435,3 +435,61 @@ fn every_kernel_implementation_writes_the_same_gguf() {
         assert!(files[0] == want, "{ty}");
     }
 }
+
+/// Found by the `checkpoint` fuzz target: an empty tensor last, after a tensor
+/// whose size is not a multiple of 32, left the file short of its padding.
+#[test]
+fn an_empty_last_tensor_still_gets_the_final_padding() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = vec![
+        gguf::OutTensor {
+            name: "a.weight".into(),
+            shape: vec![2, 32],
+            ty: TensorType::Plain(Dtype::F32),
+            nbytes: 256,
+        },
+        gguf::OutTensor {
+            name: "norm".into(),
+            shape: vec![5],
+            ty: TensorType::Plain(Dtype::F32),
+            nbytes: 20,
+        },
+        gguf::OutTensor {
+            name: "empty".into(),
+            shape: vec![0, 4],
+            ty: TensorType::Plain(Dtype::F32),
+            nbytes: 0,
+        },
+    ];
+    let kvs = vec![(
+        "general.architecture".to_string(),
+        gguf::Value::Str("x".into()),
+    )];
+    let l = gguf::layout(&kvs, &tensors).unwrap();
+    let mut bytes = l.header.clone();
+    bytes.resize(l.total as usize, 0);
+    for (i, v) in (0..64).map(|i| (i as f32 * 0.3).sin()).enumerate() {
+        let at = l.offsets[0] as usize + 4 * i;
+        bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    let input = dir.path().join("in.gguf");
+    std::fs::write(&input, &bytes).unwrap();
+    let out = dir.path().join("out.gguf");
+    shrinkray()
+        .arg("quantize")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let got = std::fs::read(&out).unwrap();
+    let h = gguf::read_header(&got).unwrap();
+    assert_eq!(h.tensors[0].ty, TensorType::Block(GgmlType::Q4_0));
+    assert_eq!(got.len() % 32, 0);
+    shrinkray()
+        .arg("verify")
+        .arg(&input)
+        .arg(&out)
+        .assert()
+        .success();
+}
