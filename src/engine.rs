@@ -3,9 +3,10 @@
 //! Inside a tensor, rows are cut into chunks of about [`CHUNK_ELEMS`]
 //! elements that rayon's workers quantize in parallel. Each chunk is turned
 //! into f32 in a small per-worker buffer (F32 input that is aligned is used
-//! in place) and handed to the kernel, which writes codes, scales and mins
-//! straight into the tensor's output buffers and returns the chunk's error
-//! statistics. Memory held: the chunk buffers plus one tensor's output.
+//! in place, and so is aligned F16/BF16 input for the SIMD kernels, which
+//! convert it in registers) and handed to the kernel, which writes codes,
+//! scales and mins straight into the tensor's output buffers and returns the
+//! chunk's error statistics. Memory held: the chunk buffers plus one tensor's output.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
@@ -434,7 +435,7 @@ pub fn quantize_ggml_tensor<'w>(
         per_row,
         progress,
         release,
-        |x, c, _, _| ggml::quantize_blocks_with(isa, ty, x, c),
+        |src, buf, c, _, _| ggml::quantize_blocks_src(isa, ty, source(isa, dtype, src, buf), c),
     )
 }
 
@@ -462,13 +463,15 @@ pub fn quantize_mlx_tensor<'w>(
         per_row,
         progress,
         release,
-        |x, c, sc, b| mlx::quantize_rows(fmt, k, x, c, sc, b),
+        |src, buf, c, sc, b| mlx::quantize_rows(fmt, k, to_f32(dtype, src, buf), c, sc, b),
     )
 }
 
-/// Runs `kernel` over row chunks of a tensor in parallel: each chunk is read
-/// as f32 and gets its slices of the three outputs (`per_row` bytes of each
-/// per row; 0 for an output the kernel does not write).
+/// Runs `kernel` over row chunks of a tensor in parallel: each chunk's bytes
+/// (whole rows of `dtype`) go to the kernel with a per-worker buffer to read
+/// them through ([`to_f32`] or [`source`]), and its slices of the three
+/// outputs (`per_row` bytes of each per row; 0 for an output the kernel does
+/// not write).
 #[allow(clippy::too_many_arguments)]
 fn quantize_rows_with<'w>(
     ws: &'w mut Workspace,
@@ -479,7 +482,7 @@ fn quantize_rows_with<'w>(
     per_row: [usize; 3],
     progress: &ProgressBar,
     release: &(dyn Fn(&[u8]) + Sync),
-    kernel: impl Fn(&[f32], &mut [u8], &mut [u8], &mut [u8]) -> ErrorStats + Sync,
+    kernel: impl Fn(&[u8], &mut Vec<f32>, &mut [u8], &mut [u8], &mut [u8]) -> ErrorStats + Sync,
 ) -> TensorOutput<'w> {
     let esize = dtype.bitsize() / 8;
     let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
@@ -520,8 +523,7 @@ fn quantize_rows_with<'w>(
             if crate::interrupt::requested().is_some() {
                 return ErrorStats::default(); // the caller checks and drops this tensor
             }
-            let x = to_f32(dtype, src, buf);
-            let st = kernel(x, c, s, m);
+            let st = kernel(src, buf, c, s, m);
             progress.inc(src.len() as u64);
             release(src);
             let mut at = ErrorStats::default();

@@ -44,7 +44,7 @@
 //!   not reproducible; here min and max are the first element that is
 //!   strictly smaller / larger than all before it, so ties keep the first.
 
-use crate::{ErrorStats, Isa};
+use crate::{ErrorStats, Isa, Src};
 
 /// A ggml block type shrinkray writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -318,26 +318,29 @@ fn dequantize_q4_1(b: &[u8], y: &mut [f32]) {
 /// Lanes of the per-block error sums (independent accumulators, so the loop vectorizes).
 const LANES: usize = 8;
 
-/// Quantizes every block of `x` with `quant`, decodes it again with `dequant`
-/// and gathers the statistics.
+/// Quantizes `nblocks` blocks, block `bi` read by `load(bi, ·)`, with `quant`, decodes
+/// each again with `dequant` and gathers the statistics.
 #[inline(always)]
 fn quantize_all(
     bb: usize,
-    x: &[f32],
+    nblocks: usize,
+    load: impl Fn(usize, &mut [f32; QK]),
     out: &mut [u8],
     quant: impl Fn(&[f32; QK], &mut [u8]) -> BlockFlags,
     dequant: impl Fn(&[u8], &mut [f32]),
 ) -> ErrorStats {
     let mut stats = ErrorStats {
-        count: x.len() as u64,
+        count: (nblocks * QK) as u64,
         ..ErrorStats::default()
     };
     let mut max_err = [0.0f32; LANES];
-    for (bi, (src, dst)) in x.chunks_exact(QK).zip(out.chunks_exact_mut(bb)).enumerate() {
+    for (bi, dst) in out.chunks_exact_mut(bb).take(nblocks).enumerate() {
+        let mut src = [0.0f32; QK];
+        load(bi, &mut src);
         // NaN and ±Inf read as +0.0, and counted.
         let mut xs = [0.0f32; QK];
         let mut all_finite = true;
-        for (s, &v) in xs.iter_mut().zip(src) {
+        for (s, &v) in xs.iter_mut().zip(&src) {
             all_finite &= v.is_finite();
             *s = if v.is_finite() { v } else { 0.0 };
         }
@@ -380,6 +383,22 @@ fn quantize_all(
     stats
 }
 
+/// The specification over `nblocks` blocks read by `load` (lengths already checked).
+#[inline(always)]
+fn quantize_spec(
+    ty: GgmlType,
+    nblocks: usize,
+    load: impl Fn(usize, &mut [f32; QK]),
+    out: &mut [u8],
+) -> ErrorStats {
+    let bb = ty.block_bytes();
+    match ty {
+        GgmlType::Q8_0 => quantize_all(bb, nblocks, load, out, quantize_q8_0, dequantize_q8_0),
+        GgmlType::Q4_0 => quantize_all(bb, nblocks, load, out, quantize_q4_0, dequantize_q4_0),
+        GgmlType::Q4_1 => quantize_all(bb, nblocks, load, out, quantize_q4_1, dequantize_q4_1),
+    }
+}
+
 /// Quantizes `x` (whole blocks of 32, any number of rows back to back) into `out` exactly as gguf-py 0.19.0.
 ///
 /// `out` must hold `x.len() / 32 * ty.block_bytes()` bytes. The bytes are
@@ -391,13 +410,13 @@ fn quantize_all(
 /// # Panics
 /// If `x.len()` is not a multiple of 32 or `out` has the wrong length.
 pub fn quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
-    check_lengths(ty, x, out);
-    let bb = ty.block_bytes();
-    match ty {
-        GgmlType::Q8_0 => quantize_all(bb, x, out, quantize_q8_0, dequantize_q8_0),
-        GgmlType::Q4_0 => quantize_all(bb, x, out, quantize_q4_0, dequantize_q4_0),
-        GgmlType::Q4_1 => quantize_all(bb, x, out, quantize_q4_1, dequantize_q4_1),
-    }
+    check_lengths(ty, x.len(), out);
+    quantize_spec(
+        ty,
+        x.len() / QK,
+        |bi, b| b.copy_from_slice(&x[bi * QK..(bi + 1) * QK]),
+        out,
+    )
 }
 
 /// [`quantize_blocks`] with the implementation `isa`: the same bytes, the same
@@ -414,27 +433,65 @@ pub fn quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
 /// If `isa` is not available on this CPU, if `x.len()` is not a multiple of
 /// 32 or if `out` has the wrong length.
 pub fn quantize_blocks_with(isa: Isa, ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
-    match isa {
-        Isa::Scalar => quantize_blocks(ty, x, out),
-        Isa::Avx2 => {
+    quantize_blocks_src(isa, ty, Src::F32(x), out)
+}
+
+/// [`quantize_blocks_with`] on F32, F16 or BF16 input: the blocks of the input converted to f32 (exact).
+///
+/// The bytes, counts, flags and `max_abs_err` are those of [`quantize_blocks`]
+/// on the converted values, bit for bit, for every `isa` (a NaN converts to a
+/// NaN, so it is counted and read as `+0.0` as in f32 input); `sum_sq_err`
+/// and `sum_sq` are equal up to summation order ([`Isa::Scalar`]: exactly).
+/// [`Isa::Scalar`] converts block by block and runs the specification;
+/// [`Isa::Avx2`] converts eight blocks at a time in registers into an L1
+/// buffer and runs the f32 vector code on it.
+///
+/// # Panics
+/// If `isa` is not available on this CPU, if `src.len()` is not a multiple
+/// of 32 or if `out` has the wrong length.
+pub fn quantize_blocks_src(isa: Isa, ty: GgmlType, src: Src<'_>, out: &mut [u8]) -> ErrorStats {
+    check_lengths(ty, src.len(), out);
+    let nblocks = src.len() / QK;
+    match (isa, src) {
+        (Isa::Scalar, Src::F32(x)) => quantize_blocks(ty, x, out),
+        (Isa::Scalar, Src::F16(h)) => quantize_spec(
+            ty,
+            nblocks,
+            |bi, b| {
+                for (o, v) in b.iter_mut().zip(&h[bi * QK..(bi + 1) * QK]) {
+                    *o = v.to_f32();
+                }
+            },
+            out,
+        ),
+        (Isa::Scalar, Src::BF16(h)) => quantize_spec(
+            ty,
+            nblocks,
+            |bi, b| {
+                for (o, v) in b.iter_mut().zip(&h[bi * QK..(bi + 1) * QK]) {
+                    *o = v.to_f32();
+                }
+            },
+            out,
+        ),
+        (Isa::Avx2, src) => {
             assert!(isa.is_available(), "{isa} is not available on this CPU");
-            check_lengths(ty, x, out);
-            crate::arch::avx2_ggml_quantize_blocks(ty, x, out)
+            crate::arch::avx2_ggml_quantize_blocks(ty, src, out)
         }
     }
 }
 
-/// The length checks of [`quantize_blocks`].
-fn check_lengths(ty: GgmlType, x: &[f32], out: &[u8]) {
+/// The length checks of [`quantize_blocks`], for an input of `n` elements.
+fn check_lengths(ty: GgmlType, n: usize, out: &[u8]) {
     assert!(
-        x.len() % QK == 0,
+        n % QK == 0,
         "{}: input length {} is not a multiple of {QK}",
         ty.name(),
-        x.len()
+        n
     );
     assert_eq!(
         out.len(),
-        x.len() / QK * ty.block_bytes(),
+        n / QK * ty.block_bytes(),
         "{}: output length",
         ty.name()
     );

@@ -5,14 +5,20 @@
 //! misaligned input and output slices, adversarial blocks, long mixed inputs
 //! (eight-block batches holding blocks the vector code hands to the scalar
 //! code), a fixed-seed proptest sweep, and the gguf-py golden vectors through
-//! the SIMD path. An instruction set this CPU lacks is reported as SKIPPED on
+//! the SIMD path. F16 and BF16 sources (`quantize_blocks_src`): every 16-bit
+//! pattern, the adversarial kinds rounded to 16 bits, 16-bit edge values and
+//! misaligned slices, through the scalar and SIMD paths against the
+//! specification on the converted f32 values. An instruction set this CPU lacks is reported as SKIPPED on
 //! stderr.
 
+use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::Value;
-use shrinkray_kernels::ggml::{quantize_blocks, quantize_blocks_with, GgmlType};
-use shrinkray_kernels::{ErrorStats, Isa};
+use shrinkray_kernels::ggml::{
+    quantize_blocks, quantize_blocks_src, quantize_blocks_with, GgmlType,
+};
+use shrinkray_kernels::{ErrorStats, Isa, Src};
 
 const QK: usize = 32;
 
@@ -278,9 +284,21 @@ fn difference(isa: Isa, ty: GgmlType, x: &[f32], out_off: usize) -> Option<Strin
     let mut got = want.clone();
     let ws: ErrorStats = quantize_blocks(ty, x, &mut want[out_off..out_off + n]);
     let gs = quantize_blocks_with(isa, ty, x, &mut got[out_off..out_off + n]);
+    compare(ty, x, out_off, (&want, &ws), (&got, &gs))
+}
+
+/// The first difference between the specification's output buffer and statistics (`want`)
+/// and another implementation's (`got`) on the f32 input `x` (`out_off` as in [`difference`]).
+fn compare(
+    ty: GgmlType,
+    x: &[f32],
+    out_off: usize,
+    (want, ws): (&[u8], &ErrorStats),
+    (got, gs): (&[u8], &ErrorStats),
+) -> Option<String> {
     if want != got {
         let bb = ty.block_bytes();
-        let i = want.iter().zip(&got).position(|(a, b)| a != b).unwrap();
+        let i = want.iter().zip(got).position(|(a, b)| a != b).unwrap();
         let blk = i.saturating_sub(out_off) / bb;
         let at = (out_off + blk * bb).min(want.len() - bb);
         return Some(format!(
@@ -299,8 +317,8 @@ fn difference(isa: Isa, ty: GgmlType, x: &[f32], out_off: usize) -> Option<Strin
             s.zeroed_groups,
         )
     };
-    if counts(&ws) != counts(&gs) {
-        return Some(format!("counts: {:?} vs {:?}", counts(&ws), counts(&gs)));
+    if counts(ws) != counts(gs) {
+        return Some(format!("counts: {:?} vs {:?}", counts(ws), counts(gs)));
     }
     if ws.max_abs_err.to_bits() != gs.max_abs_err.to_bits() {
         return Some(format!(
@@ -613,6 +631,241 @@ fn simd_paths_panic_on_bad_lengths() {
                 quantize_blocks_with(isa, ty, &[0.0; 32], &mut out);
             });
             assert!(wrong.is_err(), "{isa} {}: output length", ty.name());
+        }
+    }
+}
+
+// ---- F16 and BF16 sources -------------------------------------------------------------
+
+/// A 16-bit float input, owned, with `off` leading elements that are not part of it.
+enum Halves {
+    F16(Vec<f16>, usize),
+    BF16(Vec<bf16>, usize),
+}
+
+impl Halves {
+    /// `bits` as f16 (`bf == false`) or bf16, after `off` NaN elements (misaligning it).
+    fn new(bf: bool, bits: &[u16], off: usize) -> Halves {
+        let all = std::iter::repeat_n(0x7E01u16, off).chain(bits.iter().copied());
+        if bf {
+            Halves::BF16(all.map(bf16::from_bits).collect(), off)
+        } else {
+            Halves::F16(all.map(f16::from_bits).collect(), off)
+        }
+    }
+    fn src(&self) -> Src<'_> {
+        match self {
+            Halves::F16(v, off) => Src::F16(&v[*off..]),
+            Halves::BF16(v, off) => Src::BF16(&v[*off..]),
+        }
+    }
+    /// The input converted to f32 (exact).
+    fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Halves::F16(v, off) => v[*off..].iter().map(|h| h.to_f32()).collect(),
+            Halves::BF16(v, off) => v[*off..].iter().map(|h| h.to_f32()).collect(),
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            Halves::F16(..) => "F16",
+            Halves::BF16(..) => "BF16",
+        }
+    }
+}
+
+/// Compares `quantize_blocks_src` on `h`, for the scalar path (bytes and statistics
+/// exactly) and every SIMD path (as [`difference`]), with the specification on the
+/// converted values; returns the first difference.
+fn half_difference(isas: &[Isa], ty: GgmlType, h: &Halves, out_off: usize) -> Option<String> {
+    let x = h.to_f32();
+    let n = ty.row_bytes(x.len());
+    let mut want = vec![0x5Au8; n + out_off + 3];
+    let ws = quantize_blocks(ty, &x, &mut want[out_off..out_off + n]);
+    let mut got = vec![0x5Au8; n + out_off + 3];
+    let ss = quantize_blocks_src(Isa::Scalar, ty, h.src(), &mut got[out_off..out_off + n]);
+    if let Some(d) = compare(ty, &x, out_off, (&want, &ws), (&got, &ss)) {
+        return Some(format!("scalar {}: {d}", h.name()));
+    }
+    let bits = |s: &ErrorStats| (s.sum_sq.to_bits(), s.sum_sq_err.to_bits());
+    if bits(&ws) != bits(&ss) {
+        return Some(format!("scalar {}: sums {ws:?} vs {ss:?}", h.name()));
+    }
+    for &isa in isas {
+        let mut got = vec![0x5Au8; n + out_off + 3];
+        let gs = quantize_blocks_src(isa, ty, h.src(), &mut got[out_off..out_off + n]);
+        if let Some(d) = compare(ty, &x, out_off, (&want, &ws), (&got, &gs)) {
+            return Some(format!("{isa} {}: {d}", h.name()));
+        }
+    }
+    None
+}
+
+fn half_check(isas: &[Isa], ty: GgmlType, h: &Halves, out_off: usize, what: &str) {
+    if let Some(d) = half_difference(isas, ty, h, out_off) {
+        panic!("{} {what}: {d}", ty.name());
+    }
+}
+
+/// f32 values rounded to f16 (`bf == false`) or bf16 bits (nearest even).
+fn round_bits(bf: bool, x: &[f32]) -> Vec<u16> {
+    x.iter()
+        .map(|&v| {
+            if bf {
+                bf16::from_f32(v).to_bits()
+            } else {
+                f16::from_f32(v).to_bits()
+            }
+        })
+        .collect()
+}
+
+/// Whether 16-bit `bits` are NaN or ±Inf.
+fn nonfinite_bits(bf: bool, bits: u16) -> bool {
+    let exp = if bf { 0x7F80 } else { 0x7C00 };
+    bits & exp == exp
+}
+
+/// Every one of the 65536 patterns of each 16-bit type, in three orders: shuffled (most
+/// blocks hold a NaN or ±Inf somewhere and take the scalar fallback), shuffled without
+/// NaN/±Inf (replaced by other patterns), and sorted by magnitude (blocks of one
+/// magnitude: the vector path, tiny blocks, huge ones), each at a few misalignments.
+#[test]
+fn f16_bf16_every_bit_pattern() {
+    let isas = simd_isas();
+    let mut r = Bits(10);
+    for bf in [false, true] {
+        let mut shuffled: Vec<u16> = (0..=u16::MAX).collect();
+        for i in (1..shuffled.len()).rev() {
+            shuffled.swap(i, r.below(i + 1));
+        }
+        let finite: Vec<u16> = shuffled
+            .iter()
+            .map(|&b| {
+                let mut b = b;
+                while nonfinite_bits(bf, b) {
+                    b = r.next() as u16;
+                }
+                b
+            })
+            .collect();
+        let mut sorted: Vec<u16> = (0..=u16::MAX).collect();
+        sorted.sort_by_key(|&b| (b & 0x7FFF, r.below(2)));
+        for (name, bits) in [
+            ("shuffled", &shuffled),
+            ("finite", &finite),
+            ("sorted", &sorted),
+        ] {
+            for ty in GgmlType::ALL {
+                for off in [0, 1, 7] {
+                    let h = Halves::new(bf, bits, off);
+                    half_check(&isas, ty, &h, off % 3, &format!("{name} offset {off}"));
+                }
+            }
+        }
+    }
+}
+
+/// The adversarial f32 kinds rounded to F16 and BF16, at every length of 0..=9 blocks and
+/// a few misalignments, and long mixed inputs with planted NaN, ±Inf and extreme values.
+#[test]
+fn f16_bf16_adversarial_kinds() {
+    let isas = simd_isas();
+    let mut r = Bits(11);
+    for bf in [false, true] {
+        for ty in GgmlType::ALL {
+            for kind in 0..=KINDS {
+                for nblocks in 0..=9 {
+                    for off in [0, 1, 3] {
+                        let bits = round_bits(bf, &blocks(kind, nblocks, &mut r));
+                        let h = Halves::new(bf, &bits, off);
+                        let what = format!("kind {kind} blocks {nblocks} offset {off}");
+                        half_check(&isas, ty, &h, off % 3, &what);
+                    }
+                }
+            }
+            for (nblocks, kind) in [(67, KINDS), (257, KINDS), (129, 2), (100, 0)] {
+                for rep in 0..3 {
+                    let mut bits = round_bits(bf, &blocks(kind, nblocks, &mut r));
+                    // NaN (two kinds), ±Inf, the largest finite value, the smallest subnormal.
+                    let planted: [u16; 6] = if bf {
+                        [0x7FC0, 0xFF81, 0x7F80, 0xFF80, 0x7F7F, 0x0001]
+                    } else {
+                        [0x7E00, 0xFC01, 0x7C00, 0xFC00, 0x7BFF, 0x0001]
+                    };
+                    for _ in 0..rep * 4 {
+                        let i = r.below(bits.len());
+                        bits[i] = planted[r.below(planted.len())];
+                    }
+                    let h = Halves::new(bf, &bits, rep);
+                    let what = format!("{nblocks} blocks of kind {kind}, rep {rep}");
+                    half_check(&isas, ty, &h, rep, &what);
+                }
+            }
+        }
+    }
+}
+
+/// Blocks made of two 16-bit edge values (one at a chosen position, the other everywhere
+/// else), whole and one block at a time: zeros of both signs, subnormals, the extremes of
+/// each type (BF16's overflow F16 `d` and `m`; tiny ones zero it or overflow `1/d`),
+/// NaN and ±Inf.
+#[test]
+fn f16_bf16_pairs_of_edge_values() {
+    let isas = simd_isas();
+    let f16_edges: [u16; 16] = [
+        0x0000, 0x8000, 0x3C00, 0xBC00, 0x0001, 0x8001, 0x03FF, 0x0400, 0x7BFF, 0xFBFF, 0x5800,
+        0xC800, 0x7C00, 0xFC00, 0x7E00, 0xFD00,
+    ];
+    let bf16_edges: [u16; 18] = [
+        0x0000, 0x8000, 0x3F80, 0xBF80, 0x0001, 0x8001, 0x007F, 0x0080, 0x7F7F, 0xFF7F, 0x5F80,
+        0x5F7F, 0x477F, 0xC780, 0x7F80, 0xFF80, 0x7FC0, 0xFF81,
+    ];
+    for (bf, edges) in [(false, &f16_edges[..]), (true, &bf16_edges[..])] {
+        let mut bits = Vec::new();
+        for &a in edges {
+            for &b in edges {
+                for pos in [0, 5, 31] {
+                    let mut blk = [a; QK];
+                    blk[pos] = b;
+                    bits.extend(blk);
+                }
+            }
+        }
+        for ty in GgmlType::ALL {
+            half_check(&isas, ty, &Halves::new(bf, &bits, 1), 0, "edge pairs");
+            for (i, blk) in bits.chunks(QK).enumerate() {
+                let what = format!("edge pair block {i}");
+                half_check(&isas, ty, &Halves::new(bf, blk, 0), 1, &what);
+            }
+        }
+    }
+}
+
+/// F32 through `quantize_blocks_src` is `quantize_blocks_with`; bad lengths panic.
+#[test]
+fn src_f32_is_quantize_blocks_with_and_lengths_are_checked() {
+    let mut r = Bits(12);
+    let x = blocks(KINDS, 40, &mut r);
+    for isa in Isa::available() {
+        for ty in GgmlType::ALL {
+            let mut a = vec![0u8; ty.row_bytes(x.len())];
+            let mut b = a.clone();
+            let sa = quantize_blocks_with(isa, ty, &x, &mut a);
+            let sb = quantize_blocks_src(isa, ty, Src::F32(&x), &mut b);
+            assert_eq!((a, sa), (b, sb), "{isa} {}", ty.name());
+            for (n, bytes) in [(33, ty.block_bytes()), (32, ty.block_bytes() + 1)] {
+                let h = vec![f16::ZERO; n];
+                let hb = vec![bf16::ZERO; n];
+                let bad = std::panic::catch_unwind(|| {
+                    quantize_blocks_src(isa, ty, Src::F16(&h), &mut vec![0u8; bytes])
+                });
+                assert!(bad.is_err(), "{isa} {} F16 {n} → {bytes}", ty.name());
+                let bad = std::panic::catch_unwind(|| {
+                    quantize_blocks_src(isa, ty, Src::BF16(&hb), &mut vec![0u8; bytes])
+                });
+                assert!(bad.is_err(), "{isa} {} BF16 {n} → {bytes}", ty.name());
+            }
         }
     }
 }

@@ -41,14 +41,14 @@ pub(crate) fn avx2_quantize_rows(
 }
 
 /// The AVX2 ggml block kernels; the caller has checked [`avx2_available`].
-pub(crate) fn avx2_ggml_quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
+pub(crate) fn avx2_ggml_quantize_blocks(ty: GgmlType, src: Src<'_>, out: &mut [u8]) -> ErrorStats {
     #[cfg(target_arch = "x86_64")]
     {
-        x86_64::ggml_avx2::quantize_blocks(ty, x, out)
+        x86_64::ggml_avx2::quantize_blocks(ty, src, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (ty, x, out);
+        let _ = (ty, src, out);
         unreachable!("AVX2 is never available off x86_64")
     }
 }

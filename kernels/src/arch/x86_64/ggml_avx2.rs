@@ -31,6 +31,12 @@
 //! overflows) runs the scalar specification itself. The last `< 8` blocks of
 //! a call go one at a time too.
 //!
+//! F16 and BF16 input is converted, eight blocks at a time, in registers
+//! (F16C's `vcvtph2ps`; BF16 zero-extended and shifted left by 16, both exact,
+//! a NaN staying a NaN) into a 1 KiB buffer that stays in L1, and the f32 code
+//! above runs on the buffer, scalar fallback included: the result is the
+//! specification's on the converted values.
+//!
 //! The error statistics differ from the scalar ones only in summation order:
 //! squares are summed in f32 (at most 16 terms per lane and accumulator, then
 //! in f64 per batch), where the specification sums f64 squares. The errors of
@@ -41,8 +47,10 @@
 
 use core::arch::x86_64::*;
 
+use half::{bf16, f16};
+
 use crate::ggml::{self, GgmlType};
-use crate::ErrorStats;
+use crate::{ErrorStats, Src};
 
 const QK: usize = GgmlType::BLOCK;
 
@@ -50,26 +58,109 @@ const Q8_0: u8 = 0;
 const Q4_0: u8 = 1;
 const Q4_1: u8 = 2;
 
-/// Quantizes whole blocks; see [`crate::ggml::quantize_blocks_with`].
+/// Quantizes whole blocks; see [`crate::ggml::quantize_blocks_src`].
 ///
 /// The caller has checked that the CPU has AVX2, FMA and F16C.
 ///
 /// # Panics
-/// If `x.len()` is not a multiple of 32 or `out` has the wrong length.
-pub(crate) fn quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
+/// If `src.len()` is not a multiple of 32 or `out` has the wrong length.
+pub(crate) fn quantize_blocks(ty: GgmlType, src: Src<'_>, out: &mut [u8]) -> ErrorStats {
     assert!(
-        x.len() % QK == 0 && out.len() == x.len() / QK * ty.block_bytes(),
+        src.len() % QK == 0 && out.len() == src.len() / QK * ty.block_bytes(),
         "{}: lengths {} and {}",
         ty.name(),
-        x.len(),
+        src.len(),
         out.len()
     );
-    // SAFETY (all three): `crate::ggml::quantize_blocks_with` calls this only after
-    // asserting that the CPU has AVX2, FMA and F16C; the lengths are asserted above.
+    match src {
+        Src::F32(x) => quantize_typed(ty, x, out),
+        Src::F16(x) => quantize_typed(ty, x, out),
+        Src::BF16(x) => quantize_typed(ty, x, out),
+    }
+}
+
+/// [`quantize_blocks`] on one element type (lengths checked by the caller).
+#[inline(always)]
+fn quantize_typed<E: Blocks>(ty: GgmlType, x: &[E], out: &mut [u8]) -> ErrorStats {
+    // SAFETY (all three): `crate::ggml::quantize_blocks_src` calls this only after
+    // asserting that the CPU has AVX2, FMA and F16C; `quantize_blocks` asserted the lengths.
     match ty {
-        GgmlType::Q8_0 => unsafe { blocks::<Q8_0>(ty, x, out) },
-        GgmlType::Q4_0 => unsafe { blocks::<Q4_0>(ty, x, out) },
-        GgmlType::Q4_1 => unsafe { blocks::<Q4_1>(ty, x, out) },
+        GgmlType::Q8_0 => unsafe { blocks::<Q8_0, E>(ty, x, out) },
+        GgmlType::Q4_0 => unsafe { blocks::<Q4_0, E>(ty, x, out) },
+        GgmlType::Q4_1 => unsafe { blocks::<Q4_1, E>(ty, x, out) },
+    }
+}
+
+/// Eight blocks of f32 (1 KiB), aligned to a cache line: converted F16/BF16 input.
+#[repr(C, align(64))]
+struct Batch([f32; 8 * QK]);
+
+/// An input element type: its blocks as f32.
+trait Blocks: Sized {
+    /// Blocks `b..b + n` of `x` (`n ≤ 8`) as f32: `x` itself for f32, else the exact
+    /// conversion into `buf`.
+    ///
+    /// # Safety
+    /// AVX2 and F16C; `(b + n)·32 ≤ x.len()` and `n ≤ 8`.
+    unsafe fn get<'a>(x: &'a [Self], b: usize, n: usize, buf: &'a mut Batch) -> &'a [f32];
+}
+
+impl Blocks for f32 {
+    #[inline(always)]
+    unsafe fn get<'a>(x: &'a [f32], b: usize, n: usize, _: &'a mut Batch) -> &'a [f32] {
+        &x[b * QK..(b + n) * QK]
+    }
+}
+
+/// Converts `n` blocks of 16-bit values at `p` into `buf` with `cvt8` (8 values at a time).
+///
+/// # Safety
+/// `p..p + n·32` readable, `n ≤ 8`; `cvt8` is safe to call on 8 readable values.
+#[inline(always)]
+unsafe fn widen(
+    p: *const u16,
+    n: usize,
+    buf: &mut Batch,
+    cvt8: impl Fn(*const u16) -> __m256,
+) -> &[f32] {
+    assert!(n <= 8);
+    let dst = buf.0.as_mut_ptr();
+    for i in 0..n * QK / 8 {
+        // SAFETY: reads p[8i .. 8i + 8] with 8i + 8 ≤ n·32 (the caller's contract) and
+        // writes buf[8i .. 8i + 8] with n·32 ≤ 256 (asserted); storeu needs no alignment.
+        unsafe { _mm256_storeu_ps(dst.add(8 * i), cvt8(p.add(8 * i))) };
+    }
+    &buf.0[..n * QK]
+}
+
+impl Blocks for f16 {
+    #[inline(always)]
+    unsafe fn get<'a>(x: &'a [f16], b: usize, n: usize, buf: &'a mut Batch) -> &'a [f32] {
+        let x = &x[b * QK..(b + n) * QK];
+        // SAFETY: `f16` is `repr(transparent)` over u16, so `x` is n·32 readable u16; the
+        // conversion is F16C's `vcvtph2ps` (exact; a NaN stays a NaN), on 8 readable
+        // values, and the CPU has F16C (this function's contract).
+        unsafe {
+            widen(x.as_ptr() as *const u16, n, buf, |p| {
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+            })
+        }
+    }
+}
+
+impl Blocks for bf16 {
+    #[inline(always)]
+    unsafe fn get<'a>(x: &'a [bf16], b: usize, n: usize, buf: &'a mut Batch) -> &'a [f32] {
+        let x = &x[b * QK..(b + n) * QK];
+        // SAFETY: `bf16` is `repr(transparent)` over u16, so `x` is n·32 readable u16; a
+        // bf16 is the high half of an f32 (exact; a NaN stays a NaN): zero-extend and
+        // shift left by 16, on 8 readable values; the CPU has AVX2 (this function's contract).
+        unsafe {
+            widen(x.as_ptr() as *const u16, n, buf, |p| {
+                let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+            })
+        }
     }
 }
 
@@ -77,15 +168,17 @@ pub(crate) fn quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorS
 /// The CPU must have AVX2, FMA and F16C; `x.len() % 32 == 0` and
 /// `out.len() == x.len() / 32 * ty.block_bytes()`, with `ty` the type `T` stands for.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blocks<const T: u8>(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
+unsafe fn blocks<const T: u8, E: Blocks>(ty: GgmlType, x: &[E], out: &mut [u8]) -> ErrorStats {
     let bb = ty.block_bytes();
     let nb = x.len() / QK;
     let mut stats = ErrorStats::default();
     let mut emax = _mm256_setzero_ps();
+    let mut buf = Batch([0.0; 8 * QK]);
     let mut b = 0;
     while b < nb {
         let n = (nb - b).min(8);
-        let xs = &x[b * QK..(b + n) * QK];
+        // SAFETY: blocks b..b + n exist (n ≤ nb − b, n ≤ 8); the CPU has AVX2/F16C.
+        let xs = unsafe { E::get(x, b, n, &mut buf) };
         let os = &mut out[b * bb..(b + n) * bb];
         // SAFETY: `xs` holds 8 blocks and `os` their 8 output blocks (n == 8 here);
         // the CPU has AVX2/FMA/F16C (this function's contract).
@@ -96,7 +189,8 @@ unsafe fn blocks<const T: u8>(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorS
                 let oj = &mut os[j * bb..(j + 1) * bb];
                 // SAFETY: one block and its output block; same CPU features.
                 if !unsafe { batch::<T, 1>(xj, oj, &mut emax, &mut stats) } {
-                    // NaN, ±Inf, a huge value or an infinite `id`: the specification itself.
+                    // NaN, ±Inf, a huge value or an infinite `id`: the specification itself
+                    // (on the exactly converted values, for F16/BF16 input).
                     let st = ggml::quantize_blocks(ty, xj, oj);
                     stats.merge(&st, ((b + j) * QK) as u64);
                 }
