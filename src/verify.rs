@@ -180,17 +180,7 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
                     let st = with_threads(opts.threads, || {
                         measure(&pck, q, &orig.shards[si].data(t)?)
                     })??;
-                    all.merge(&st, 0);
-                    let e = ErrorSummary::from(&st);
-                    if let Some(max) = opts.max_rel_error {
-                        if e.rel_error > max {
-                            failures.push(format!(
-                                "tensor `{}`: relative error {:.4e} is above --max-rel-error {max}",
-                                t.name, e.rel_error
-                            ));
-                        }
-                    }
-                    row.error = Some(e);
+                    row.error = Some(record(&st, &t.name, opts, &mut all, &mut failures));
                 }
             }
             Item::Mlx(q) => {
@@ -215,17 +205,7 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
                     let st = with_threads(opts.threads, || {
                         measure_mlx(&q.fmt, q.k, t.dtype, &c, &sc, &b, &x)
                     })?;
-                    all.merge(&st, 0);
-                    let e = ErrorSummary::from(&st);
-                    if let Some(max) = opts.max_rel_error {
-                        if e.rel_error > max {
-                            failures.push(format!(
-                                "tensor `{}`: relative error {:.4e} is above --max-rel-error {max}",
-                                t.name, e.rel_error
-                            ));
-                        }
-                    }
-                    row.error = Some(e);
+                    row.error = Some(record(&st, &t.name, opts, &mut all, &mut failures));
                 }
             }
         }
@@ -260,6 +240,28 @@ struct Tally {
     expected: u64,
     actual: u64,
     failures: Vec<String>,
+}
+
+/// Adds a tensor's statistics to the total and fails it when its relative
+/// error is above `--max-rel-error`; returns its summary for the row.
+fn record(
+    st: &ErrorStats,
+    name: &str,
+    opts: &VerifyOptions,
+    all: &mut ErrorStats,
+    failures: &mut Vec<String>,
+) -> ErrorSummary {
+    all.merge(st, 0);
+    let e = ErrorSummary::from(st);
+    if let Some(max) = opts.max_rel_error {
+        if e.rel_error > max {
+            failures.push(format!(
+                "tensor `{name}`: relative error {:.4e} is above --max-rel-error {max}",
+                e.rel_error
+            ));
+        }
+    }
+    e
 }
 
 /// Naive bits of kept tensors, size and ratio checks, and the report.
@@ -378,17 +380,7 @@ fn verify_gguf(
                 let k = *t.shape.last().expect("blocks have rows");
                 let x = orig.shards[si].data(t)?;
                 let st = with_threads(opts.threads, || measure_blocks(ty, k, t.dtype, stored, &x))?;
-                all.merge(&st, 0);
-                let e = ErrorSummary::from(&st);
-                if let Some(max) = opts.max_rel_error {
-                    if e.rel_error > max {
-                        failures.push(format!(
-                            "tensor `{}`: relative error {:.4e} is above --max-rel-error {max}",
-                            t.name, e.rel_error
-                        ));
-                    }
-                }
-                row.error = Some(e);
+                row.error = Some(record(&st, &t.name, opts, &mut all, &mut failures));
             }
             gguf::TensorType::Plain(d) if shape_ok && d == t.dtype => {
                 row.bytes.kept = g.nbytes;
