@@ -3,35 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-fn shrinkray() -> Command {
-    let mut c = Command::cargo_bin("shrinkray").expect("binary built");
-    c.env_remove("SHRINKRAY_ISA");
-    c
-}
-
-fn json(out: &[u8]) -> Value {
-    serde_json::from_slice(out).expect("stdout is JSON")
-}
-
-/// Files in `dir`, sorted (to check that nothing, not even a temporary, was left).
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
+mod support;
+use support::*;
 
 #[test]
 fn quantize_json_report_matches_the_file_and_the_dry_run() {

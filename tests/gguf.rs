@@ -3,30 +3,17 @@
 //! are checked in `kernels/tests/ggml_golden.rs`; the header layout against a
 //! file gguf-py wrote, in `src/gguf.rs`.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use safetensors::Dtype;
-use serde_json::Value;
 use shrinkray::checkpoint::Checkpoint;
 use shrinkray::engine::to_f32;
 use shrinkray::gguf::{self, TensorType};
 use shrinkray_kernels::ggml::{self, GgmlType};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-fn shrinkray() -> Command {
-    Command::cargo_bin("shrinkray").unwrap()
-}
-
-fn json(out: &[u8]) -> Value {
-    serde_json::from_slice(out).expect("valid JSON on stdout")
-}
+mod support;
+use support::*;
 
 /// Checks every tensor of `file` against the checkpoint `input`: blocks equal
 /// the kernel's output for the whole tensor, other tensors are byte-identical,

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use safetensors::Dtype;
 use serde_json::Value;
@@ -13,19 +12,8 @@ use shrinkray::engine::to_f32;
 use shrinkray_kernels::mlx::{self, MlxFormat};
 use shrinkray_kernels::ScaleDtype;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-fn shrinkray() -> Command {
-    Command::cargo_bin("shrinkray").unwrap()
-}
-
-fn json(out: &[u8]) -> Value {
-    serde_json::from_slice(out).expect("valid JSON on stdout")
-}
+mod support;
+use support::*;
 
 /// A model directory: the BF16 fixture as model.safetensors and a config.json.
 fn model_dir(root: &Path) -> PathBuf {
