@@ -530,8 +530,12 @@ unsafe fn hmin(v: __m256) -> f32 {
     }
 }
 
+/// Largest lane.
+///
+/// # Safety
+/// AVX.
 #[inline(always)]
-unsafe fn hmax(v: __m256) -> f32 {
+pub(super) unsafe fn hmax(v: __m256) -> f32 {
     // SAFETY: register-only operations.
     unsafe {
         let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -541,8 +545,11 @@ unsafe fn hmax(v: __m256) -> f32 {
 }
 
 /// Sum of the lanes, in f64.
+///
+/// # Safety
+/// AVX.
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f64 {
+pub(super) unsafe fn hsum(v: __m256) -> f64 {
     // SAFETY: register-only operations.
     unsafe {
         let d = _mm256_add_pd(

@@ -49,6 +49,7 @@ use core::arch::x86_64::*;
 
 use half::{bf16, f16};
 
+use super::avx2::{hmax, hsum};
 use crate::ggml::{self, GgmlType};
 use crate::{ErrorStats, Src};
 
@@ -604,37 +605,6 @@ unsafe fn transpose_reduce<const OP: u8>(v: &[__m256; 8]) -> __m256 {
             _mm256_permute2f128_ps::<0x20>(b0, b1),
             _mm256_permute2f128_ps::<0x31>(b0, b1),
         )
-    }
-}
-
-/// Largest lane.
-///
-/// # Safety
-/// AVX.
-#[inline(always)]
-unsafe fn hmax(v: __m256) -> f32 {
-    // SAFETY: register-only operations.
-    unsafe {
-        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)))
-    }
-}
-
-/// Sum of the lanes, in f64.
-///
-/// # Safety
-/// AVX.
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f64 {
-    // SAFETY: register-only operations.
-    unsafe {
-        let d = _mm256_add_pd(
-            _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
-            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
-        );
-        let s = _mm_add_pd(_mm256_castpd256_pd128(d), _mm256_extractf128_pd::<1>(d));
-        _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
     }
 }
 
