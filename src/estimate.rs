@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use serde::Serialize;
+use shrinkray_kernels::ggml::GgmlType;
 use shrinkray_kernels::{QuantFormat, ScaleDtype, Scheme};
 
 use crate::checkpoint::{is_quantizable, Checkpoint};
@@ -165,7 +166,25 @@ pub fn estimate(subject: &Subject<'_>, opts: &EstimateOptions) -> Result<Estimat
                     false,
                 ));
             }
-            for (scheme, group) in grid() {
+            let gguf_input = ckpt.shards.iter().any(|s| s.gguf.is_some());
+            // A GGUF input is written as GGUF: its rows are the GGUF block types.
+            for ty in GgmlType::ALL.into_iter().filter(|_| gguf_input) {
+                let rules = Rules {
+                    gguf: Some(ty),
+                    ..Rules::default()
+                };
+                let plan = Plan::build(&ckpt, &rules)?;
+                rows.push(row(
+                    ty.name(),
+                    None,
+                    Some(GroupSize::Fixed(GgmlType::BLOCK)),
+                    plan.predicted_bytes(),
+                    ByteTotals::of(&plan).naive,
+                    params,
+                    true,
+                ));
+            }
+            for (scheme, group) in grid().into_iter().filter(|_| !gguf_input) {
                 let rules = Rules {
                     scheme,
                     group,
@@ -184,10 +203,13 @@ pub fn estimate(subject: &Subject<'_>, opts: &EstimateOptions) -> Result<Estimat
                     true,
                 ));
             }
-            notes.push(
+            notes.push(if gguf_input {
+                "quantized rows are the exact bytes `quantize` writes for this GGUF input (the tensors llama.cpp quantizes; the rest kept); FP rows count tensor bytes only"
+                    .into()
+            } else {
                 "quantized rows are the exact bytes `quantize` writes with the default keep rules (1-D and non-float tensors kept) and F16 scales; FP rows count tensor bytes only"
-                    .into(),
-            );
+                    .into()
+            });
             (path.display().to_string(), params, ckpt.file_bytes())
         }
         Subject::Params {

@@ -480,3 +480,25 @@ fn an_empty_last_tensor_still_gets_the_final_padding() {
         .assert()
         .success();
 }
+
+#[test]
+fn plan_of_a_gguf_input_predicts_the_gguf_files() {
+    let run = shrinkray()
+        .args(["plan", "--json"])
+        .arg(fixture("gguf/tiny-llama-f16.gguf"))
+        .assert()
+        .success();
+    let r = json(&run.get_output().stdout);
+    for ty in ["q8_0", "q4_0", "q4_1"] {
+        let row = r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["format"] == ty)
+            .unwrap_or_else(|| panic!("no {ty} row in {r}"));
+        let want = std::fs::metadata(fixture(&format!("gguf/tiny-llama-{ty}.expected.gguf")))
+            .unwrap()
+            .len();
+        assert_eq!(row["bytes"], want, "{ty}");
+    }
+}
