@@ -44,7 +44,7 @@ pub enum CheckpointError {
         reason: String,
     },
     /// A GGUF header breaks a rule of the format, or holds what shrinkray does not read.
-    #[error("{path}: not a GGUF file shrinkray can read: {reason}")]
+    #[error("{path}: {reason}")]
     Gguf {
         /// The file.
         path: PathBuf,
@@ -218,10 +218,13 @@ impl Shard {
             reason,
         };
         if mode == ReadMode::Read {
-            return Err(bad("--no-mmap reads safetensors files only".into()));
+            return Err(bad(
+                "--no-mmap reads safetensors files only (GGUF files are memory-mapped)".into(),
+            ));
         }
         let map = map_file(path)?;
-        let h = crate::gguf::read_header(&map).map_err(bad)?;
+        let h = crate::gguf::read_header(&map)
+            .map_err(|e| bad(format!("not a valid GGUF file: {e}")))?;
         let mut tensors = Vec::with_capacity(h.tensors.len());
         for t in &h.tensors {
             let crate::gguf::TensorType::Plain(dtype) = t.ty else {
