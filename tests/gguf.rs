@@ -502,3 +502,55 @@ fn plan_of_a_gguf_input_predicts_the_gguf_files() {
         assert_eq!(row["bytes"], want, "{ty}");
     }
 }
+
+#[test]
+fn malformed_gguf_inputs_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(fixture("gguf/tiny-llama-f16.gguf")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "cut",
+            good[..good.len() - 100].to_vec(),
+            "runs past the end of the file",
+        ),
+        (
+            "count",
+            [&good[..8], &u64::MAX.to_le_bytes()[..], &good[16..]].concat(),
+            "tensors cannot fit",
+        ),
+        (
+            "version",
+            [&good[..4], &9u32.to_le_bytes()[..], &good[8..]].concat(),
+            "GGUF version 9",
+        ),
+        ("short", good[..6].to_vec(), "needs 4 bytes"),
+    ];
+    for (name, bytes, want) in cases {
+        let input = dir.path().join(format!("{name}.gguf"));
+        std::fs::write(&input, &bytes).unwrap();
+        let out = dir.path().join(format!("{name}-out.gguf"));
+        for cmd in ["quantize", "inspect"] {
+            let mut c = shrinkray();
+            c.arg(cmd).arg(&input);
+            if cmd == "quantize" {
+                c.arg("-o").arg(&out);
+            }
+            c.assert()
+                .code(1)
+                .stderr(predicate::str::contains(format!("{name}.gguf")))
+                .stderr(predicate::str::contains("not a valid GGUF file"))
+                .stderr(predicate::str::contains(want));
+        }
+        assert!(!out.exists(), "{name}");
+        assert_eq!(
+            std::fs::read(&input).unwrap(),
+            bytes,
+            "{name}: input unchanged"
+        );
+    }
+    let names = listing(dir.path());
+    assert!(
+        names.iter().all(|n| !n.contains("shrinkray-tmp")),
+        "{names:?}"
+    );
+}
