@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use indicatif::ProgressBar;
 use safetensors::Dtype;
-use shrinkray::engine::{quantize_tensor, Workspace};
+use shrinkray::engine::{quantize_tensor, Choice, Workspace};
 use shrinkray::kernels::ggml::{quantize_blocks_with, GgmlType};
 use shrinkray::kernels::{Isa, QuantFormat, ScaleDtype, Scheme};
 use shrinkray::synth::{encode, Rng};
@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
                             K,
                             &f,
                             isa,
+                            Choice::default(),
                             &pb,
                             &|_| {},
                         )

@@ -12,9 +12,9 @@ use rayon::prelude::*;
 use safetensors::Dtype;
 use serde::Serialize;
 use shrinkray_kernels::ggml::GgmlType;
-use shrinkray_kernels::{Isa, QuantFormat, ScaleDtype, Scheme};
+use shrinkray_kernels::{Isa, Method, QuantFormat, ScaleDtype, Scheme};
 
-use crate::engine::{quantize_ggml_tensor, quantize_tensor, Workspace};
+use crate::engine::{quantize_ggml_tensor, quantize_tensor, Choice, Workspace};
 use crate::plan::{GroupSize, Rules};
 use crate::quantize::{quantize, QuantizeOptions};
 use crate::synth::Rng;
@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub size: u64,
     /// Packed schemes.
     pub schemes: Vec<Scheme>,
+    /// Also time the error-minimising search (`--optimize search`) of each packed scheme.
+    pub search: bool,
     /// GGUF block types (ggml's reference rounding, every ISA).
     pub ggml: Vec<GgmlType>,
     /// Group sizes.
@@ -231,7 +233,10 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                         group,
                         scale_dtype: ScaleDtype::F16,
                     };
-                    for &isa in &opts.isas {
+                    // The search runs the scalar specification on every ISA: timed once.
+                    let searches = opts.search.then_some((Isa::Scalar, Method::Search));
+                    let runs = opts.isas.iter().map(|&i| (i, Method::Rtn)).chain(searches);
+                    for (isa, method) in runs {
                         let hidden = ProgressBar::hidden();
                         // One workspace for all runs, as the engine keeps one for all tensors.
                         let mut ws = Workspace::default();
@@ -245,6 +250,10 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                                     BENCH_K,
                                     &f,
                                     isa,
+                                    Choice {
+                                        method,
+                                        compare_rtn: false,
+                                    },
                                     &hidden,
                                     &|_| {},
                                 )
@@ -255,7 +264,10 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                         let gb = len as f64 / med / 1e9;
                         rows.push(BenchRow {
                             kind: "quantize".into(),
-                            scheme: Some(scheme.name().into()),
+                            scheme: Some(match method {
+                                Method::Rtn => scheme.name().into(),
+                                Method::Search => format!("{} search", scheme.name()),
+                            }),
                             group_size: Some(group),
                             isa: Some(isa.name().into()),
                             gb_s: gb,

@@ -19,7 +19,7 @@ use shrinkray::quantize::{dry_run, quantize, QuantizeOptions};
 use shrinkray::units::parse_size;
 use shrinkray::verify::{verify, VerifyOptions};
 use shrinkray_kernels::ggml::GgmlType;
-use shrinkray_kernels::{Isa, ScaleDtype, Scheme};
+use shrinkray_kernels::{Isa, Method, ScaleDtype, Scheme};
 
 /// Group-wise INT8/INT4 quantization of safetensors checkpoints, with an honest size and error report.
 #[derive(Debug, Parser)]
@@ -84,6 +84,9 @@ pub struct BenchArgs {
     /// Schemes to measure (repeatable; default: the four packed ones and q8_0, q4_0, q4_1).
     #[arg(long = "scheme", value_parser = parse_scheme)]
     pub schemes: Vec<AnyScheme>,
+    /// Also time the error-minimising search (`quantize --optimize search`) of each packed scheme.
+    #[arg(long)]
+    pub search: bool,
     /// Group sizes to measure (repeatable; default: 64).
     #[arg(long = "group-size")]
     pub groups: Vec<usize>,
@@ -113,6 +116,14 @@ pub struct BenchArgs {
     pub skip_kernels: bool,
     #[command(flatten)]
     pub out: Output,
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    match s {
+        "rtn" => Ok(Method::Rtn),
+        "search" => Ok(Method::Search),
+        _ => Err(format!("unknown method `{s}` (rtn or search)")),
+    }
 }
 
 fn parse_isa(s: &str) -> Result<Isa, String> {
@@ -176,6 +187,13 @@ pub struct QuantizeArgs {
     /// Read the input with plain reads, one tensor at a time, instead of memory-mapping it.
     #[arg(long)]
     pub no_mmap: bool,
+    /// How scales and mins are chosen (packed format): rtn (round to nearest from each
+    /// group's range) or search (error-minimising search; slower, same format).
+    #[arg(long, default_value = "rtn", value_parser = parse_method)]
+    pub optimize: Method,
+    /// Also measure round-to-nearest on every packed tensor and report its error beside the chosen method's.
+    #[arg(long, value_parser = ["rtn"])]
+    pub compare: Option<String>,
     /// Tensors in the table (worst relative error first when there are more).
     #[arg(long, default_value_t = 30)]
     pub top: usize,
@@ -329,6 +347,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     scheme,
                     gguf,
                     mlx: a.format.as_deref() == Some("mlx"),
+                    optimize: a.optimize,
+                    compare_rtn: a.compare.is_some(),
                     group: a.group_size,
                     scale_dtype: a.scale_dtype,
                     keep: a.keep,
@@ -435,6 +455,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                         })
                         .collect()
                 },
+                search: a.search,
                 ggml: if a.schemes.is_empty() {
                     GgmlType::ALL.to_vec()
                 } else {
@@ -472,8 +493,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 opts.dtypes.len()
                     * opts.threads.len()
-                    * (opts.schemes.len() * opts.groups.len() + opts.ggml.len())
-                    * opts.isas.len()
+                    * ((opts.schemes.len() * opts.groups.len() + opts.ggml.len()) * opts.isas.len()
+                        + usize::from(opts.search) * opts.schemes.len() * opts.groups.len())
             };
             let pb = shrinkray::progress_bar(runs as u64, !a.out.json, "bench");
             pb.set_style(

@@ -15,7 +15,9 @@ use rayon::prelude::*;
 use safetensors::Dtype;
 use shrinkray_kernels::ggml::{self, GgmlType};
 use shrinkray_kernels::mlx::{self, MlxFormat};
-use shrinkray_kernels::{quantize_rows, ErrorStats, Isa, QuantFormat, RowsOut, ScaleDtype, Src};
+use shrinkray_kernels::{
+    quantize_rows, quantize_rows_by, ErrorStats, Isa, Method, QuantFormat, RowsOut, ScaleDtype, Src,
+};
 
 use crate::checkpoint::Checkpoint;
 use crate::plan::{Action, Plan};
@@ -89,6 +91,8 @@ pub struct TensorOutcome {
     pub stats: Option<ErrorStats>,
     /// Bytes written for this tensor.
     pub written: u64,
+    /// Round-to-nearest's statistics on it (`--compare rtn`, packed schemes).
+    pub rtn: Option<ErrorStats>,
 }
 
 /// How a run ended.
@@ -170,6 +174,7 @@ pub fn run(
                     TensorOutcome {
                         stats: None,
                         written: data.len() as u64,
+                        rtn: None,
                     }
                 }
                 Action::Ggml(_) | Action::Mlx(_) => {
@@ -219,6 +224,7 @@ pub fn run(
                     TensorOutcome {
                         stats: Some(stats),
                         written,
+                        rtn: None,
                     }
                 }
                 Action::Quantize(fmt) => {
@@ -231,6 +237,10 @@ pub fn run(
                         tp.k,
                         fmt,
                         isa,
+                        Choice {
+                            method: plan.rules.optimize,
+                            compare_rtn: plan.rules.compare_rtn,
+                        },
                         progress,
                         &|b| shard.release(b),
                     );
@@ -270,6 +280,7 @@ pub fn run(
                     TensorOutcome {
                         stats: Some(stats),
                         written,
+                        rtn: out.rtn,
                     }
                 }
             };
@@ -325,10 +336,22 @@ pub struct TensorOutput<'w> {
     pub mins: &'w [u8],
     /// Error statistics; `first_nonfinite` is a flat index into the tensor.
     pub stats: ErrorStats,
+    /// Round-to-nearest's statistics on the same tensor, when asked for (`--compare rtn`).
+    pub rtn: Option<ErrorStats>,
+}
+
+/// How a packed tensor's parameters are chosen, and whether round-to-nearest
+/// is also measured on it for comparison.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Choice {
+    /// The method whose output is written.
+    pub method: Method,
+    /// Also measure round-to-nearest's error (nothing of it is written).
+    pub compare_rtn: bool,
 }
 
 /// Quantizes a whole tensor of `rows × k` elements of `dtype` held in `data`,
-/// with kernels `isa`, into `ws`.
+/// with kernels `isa` and parameters chosen as `choice` says, into `ws`.
 ///
 /// Runs on the current rayon pool; `progress` advances by input bytes, and
 /// `release` gets each piece of `data` once it has been read.
@@ -341,6 +364,7 @@ pub fn quantize_tensor<'w>(
     k: usize,
     fmt: &QuantFormat,
     isa: Isa,
+    choice: Choice,
     progress: &ProgressBar,
     release: &(dyn Fn(&[u8]) + Sync),
 ) -> TensorOutput<'w> {
@@ -354,6 +378,11 @@ pub fn quantize_tensor<'w>(
     let mins = take(&mut ws.mins, rows * mb);
     let esize = dtype.bitsize() / 8;
     let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
+    // Output bytes of a chunk of input bytes (whole rows).
+    let rows_of = |src: &[u8]| src.len() / (k * esize).max(1);
+    let codes_len = |src: &[u8]| rows_of(src) * cb;
+    let sb_len = |src: &[u8]| rows_of(src) * sb;
+    let mb_len = |src: &[u8]| rows_of(src) * mb;
 
     let mut jobs = Vec::with_capacity(rows.div_ceil(rpc));
     {
@@ -375,39 +404,68 @@ pub fn quantize_tensor<'w>(
             ));
         }
     }
-    let stats = jobs
+    let none = || (ErrorStats::default(), None);
+    let (stats, rtn) = jobs
         .into_par_iter()
-        .map_init(Vec::new, |buf, (first, src, codes, scales, mins)| {
-            if crate::interrupt::requested().is_some() {
-                return ErrorStats::default(); // the caller checks and drops this tensor
-            }
-            let x = source(isa, dtype, src, buf);
-            let st = quantize_rows(
-                isa,
-                fmt,
-                k,
-                x,
-                RowsOut {
+        .map_init(
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(buf, c2, s2, m2), (first, src, codes, scales, mins)| {
+                if crate::interrupt::requested().is_some() {
+                    return none(); // the caller checks and drops this tensor
+                }
+                let x = source(isa, dtype, src, buf);
+                let out = RowsOut {
                     codes,
                     scales,
                     mins,
-                },
-            );
-            progress.inc(src.len() as u64);
-            release(src);
-            let mut at = ErrorStats::default();
-            at.merge(&st, first);
-            at
-        })
-        .reduce(ErrorStats::default, |mut a, b| {
+                };
+                let st = quantize_rows_by(isa, choice.method, fmt, k, x, out);
+                // Round-to-nearest into scratch buffers, for the comparison only.
+                let rtn = choice.compare_rtn.then(|| {
+                    let (c2, s2, m2) = (
+                        take(c2, codes_len(src)),
+                        take(s2, sb_len(src)),
+                        take(m2, mb_len(src)),
+                    );
+                    quantize_rows(
+                        isa,
+                        fmt,
+                        k,
+                        x,
+                        RowsOut {
+                            codes: c2,
+                            scales: s2,
+                            mins: m2,
+                        },
+                    )
+                });
+                progress.inc(src.len() as u64);
+                release(src);
+                let shift = |st: &ErrorStats| {
+                    let mut at = ErrorStats::default();
+                    at.merge(st, first);
+                    at
+                };
+                (shift(&st), rtn.as_ref().map(shift))
+            },
+        )
+        .reduce(none, |(mut a, ra), (b, rb)| {
             a.merge(&b, 0);
-            a
+            let r = match (ra, rb) {
+                (Some(mut x), Some(y)) => {
+                    x.merge(&y, 0);
+                    Some(x)
+                }
+                (x, y) => x.or(y),
+            };
+            (a, r)
         });
     TensorOutput {
         codes,
         scales,
         mins,
         stats,
+        rtn,
     }
 }
 
@@ -540,6 +598,7 @@ fn quantize_rows_with<'w>(
         scales: &ws.scales[..rows * per_row[1]],
         mins: &ws.mins[..rows * per_row[2]],
         stats,
+        rtn: None,
     }
 }
 

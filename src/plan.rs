@@ -13,7 +13,7 @@ use regex::Regex;
 use safetensors::Dtype;
 use shrinkray_kernels::ggml::GgmlType;
 use shrinkray_kernels::mlx::MlxFormat;
-use shrinkray_kernels::{QuantFormat, ScaleDtype, Scheme};
+use shrinkray_kernels::{Method, QuantFormat, ScaleDtype, Scheme};
 
 use crate::checkpoint::{is_quantizable, Checkpoint, TensorEntry};
 use crate::format::{
@@ -133,6 +133,10 @@ pub struct Rules {
     pub gguf: Option<GgmlType>,
     /// Write MLX's affine layout (`int4-asym`/`int8-asym` only), instead of packed safetensors.
     pub mlx: bool,
+    /// How packed tensors' scales and mins are chosen (`--optimize`).
+    pub optimize: Method,
+    /// Also measure round-to-nearest on every packed tensor (`--compare rtn`).
+    pub compare_rtn: bool,
 }
 
 impl Rules {
@@ -164,6 +168,8 @@ impl Default for Rules {
             wide_scales: BTreeSet::new(),
             gguf: None,
             mlx: false,
+            optimize: Method::Rtn,
+            compare_rtn: false,
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct TensorRow {
     pub ratio_actual: Option<f64>,
     /// Reconstruction error (quantized tensors, absent in a dry run).
     pub error: Option<ErrorSummary>,
+    /// Round-to-nearest's error on this tensor (`--compare rtn`).
+    pub rtn_error: Option<ErrorSummary>,
 }
 
 /// Where the bytes between the naive figure and the real output go.
@@ -167,6 +169,8 @@ pub struct Totals {
     pub overhead: Overhead,
     /// Error over all quantized parameters.
     pub error: Option<ErrorSummary>,
+    /// Round-to-nearest's error over the same packed tensors (`--compare rtn`).
+    pub rtn_error: Option<ErrorSummary>,
 }
 
 /// The full report of a quantize run (or dry run).
@@ -184,6 +188,8 @@ pub struct Report {
     pub group_size: String,
     /// Scale dtype.
     pub scale_dtype: String,
+    /// How scales and mins were chosen (`rtn` or `search`).
+    pub method: String,
     /// The kernel path used.
     pub isa: String,
     /// Worker threads.
@@ -237,6 +243,7 @@ pub fn build(
     };
     let (mut naive_codes_bits, mut naive_kept_bits) = (0u128, 0u128);
     let mut warnings = Vec::new();
+    let mut all_rtn = ErrorStats::default();
     for (i, (si, t)) in plan
         .shards
         .iter()
@@ -344,6 +351,10 @@ pub fn build(
             ratio_predicted: ratio(out),
             ratio_actual: outcome.map(|o| ratio(o.written)),
             error: stats.as_ref().map(ErrorSummary::from),
+            rtn_error: outcome.and_then(|o| o.rtn).map(|r| {
+                all_rtn.merge(&r, 0);
+                ErrorSummary::from(&r)
+            }),
         });
     }
     let naive_codes = naive_codes_bits.div_ceil(8) as u64;
@@ -397,7 +408,10 @@ pub fn build(
             bits_per_weight: div(predicted * 8, bt.params),
             overhead,
             error: (measured.is_some() && any_quantized).then(|| ErrorSummary::from(&all)),
+            rtn_error: (plan.rules.compare_rtn && all_rtn.count > 0)
+                .then(|| ErrorSummary::from(&all_rtn)),
         },
+        method: plan.rules.optimize.name().into(),
         tensors: rows,
         elapsed_s: measured.map(|m| m.elapsed_s),
         throughput_gb_s: measured.map(|m| input_bytes as f64 / m.elapsed_s.max(1e-9) / 1e9),
@@ -448,7 +462,7 @@ impl Report {
         let mut out = String::new();
         let t = &self.totals;
         out.push_str(&format!(
-            "{} {}  (default {}, group {}, {} scales; kernels: {}; {} thread{})\n\n",
+            "{} {}  (default {}, group {}, {} scales, {}; kernels: {}; {} thread{})\n\n",
             if self.dry_run {
                 "plan for"
             } else {
@@ -458,13 +472,19 @@ impl Report {
             self.scheme,
             self.group_size,
             self.scale_dtype,
+            if self.method == "search" {
+                "error-minimising search"
+            } else {
+                "round to nearest"
+            },
             self.isa,
             self.threads,
             if self.threads == 1 { "" } else { "s" }
         ));
         let errors: Vec<_> = self.tensors.iter().map(|r| r.error.as_ref()).collect();
         let (idx, cut) = worst_first(&errors, top);
-        let mut table = Table::new(&[
+        let compared = self.tensors.iter().any(|r| r.rtn_error.is_some());
+        let mut head = vec![
             "tensor",
             "shape",
             "dtype",
@@ -477,7 +497,11 @@ impl Report {
             "rel err",
             "SQNR dB",
             "max abs",
-        ]);
+        ];
+        if compared {
+            head.push("RTN rel err");
+        }
+        let mut table = Table::new(&head);
         for &i in &idx {
             let r = &self.tensors[i];
             let stored = match (&r.keep_reason, r.group_size) {
@@ -486,20 +510,29 @@ impl Report {
                 _ => r.action.clone(),
             };
             let e = r.error.as_ref();
-            table.row(vec![
-                r.name.clone(),
-                shape_str(&r.shape),
-                r.dtype.clone(),
-                stored,
-                count(r.params),
-                bytes(r.input_bytes),
-                bytes(r.output_bytes),
-                format!("{:.2}", r.bits_per_weight),
-                ratio_cell(r.ratio_actual.or(Some(r.ratio_predicted))),
-                e.map_or("-".into(), |e| sci(e.rel_error)),
-                e.map_or("-".into(), |e| db(e.sqnr_db.unwrap_or(f64::INFINITY))),
-                e.map_or("-".into(), |e| sci(e.max_abs_error)),
-            ]);
+            table.row(
+                vec![
+                    r.name.clone(),
+                    shape_str(&r.shape),
+                    r.dtype.clone(),
+                    stored,
+                    count(r.params),
+                    bytes(r.input_bytes),
+                    bytes(r.output_bytes),
+                    format!("{:.2}", r.bits_per_weight),
+                    ratio_cell(r.ratio_actual.or(Some(r.ratio_predicted))),
+                    e.map_or("-".into(), |e| sci(e.rel_error)),
+                    e.map_or("-".into(), |e| db(e.sqnr_db.unwrap_or(f64::INFINITY))),
+                    e.map_or("-".into(), |e| sci(e.max_abs_error)),
+                ]
+                .into_iter()
+                .chain(compared.then(|| {
+                    r.rtn_error
+                        .as_ref()
+                        .map_or("-".into(), |e| sci(e.rel_error))
+                }))
+                .collect(),
+            );
         }
         out.push_str(&table.render());
         if cut {
@@ -581,6 +614,14 @@ impl Report {
             out.push_str(&format!(
                 "error over all quantized parameters: {}\n",
                 e.line()
+            ));
+        }
+        if let (Some(e), Some(r)) = (&t.error, &t.rtn_error) {
+            out.push_str(&format!(
+                "round to nearest on the same tensors: {}\n{} vs round to nearest: RMSE {:+.1}%\n",
+                r.line(),
+                self.method,
+                100.0 * (e.rmse / r.rmse - 1.0)
             ));
         }
         if let (Some(s), Some(g)) = (self.elapsed_s, self.throughput_gb_s) {

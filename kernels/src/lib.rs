@@ -17,6 +17,7 @@ mod arch;
 pub mod ggml;
 pub mod mlx;
 pub mod scalar;
+pub mod search;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -381,5 +382,45 @@ pub fn quantize_rows(
             assert!(isa.is_available(), "{isa} is not available on this CPU");
             arch::avx2_quantize_rows(fmt, k, src, out)
         }
+    }
+}
+
+/// How each group's scale (and min) is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// Round to nearest from the group's range (the default, [`scalar`]).
+    #[default]
+    Rtn,
+    /// Error-minimising search over clipped ranges with least-squares refits ([`search`]).
+    Search,
+}
+
+impl Method {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Rtn => "rtn",
+            Method::Search => "search",
+        }
+    }
+}
+
+/// [`quantize_rows`] with parameters chosen by `method`. The search runs the
+/// scalar specification on every ISA (identical results by construction).
+pub fn quantize_rows_by(
+    isa: Isa,
+    method: Method,
+    fmt: &QuantFormat,
+    k: usize,
+    src: Src<'_>,
+    out: RowsOut<'_>,
+) -> ErrorStats {
+    match method {
+        Method::Rtn => quantize_rows(isa, fmt, k, src, out),
+        Method::Search => match src {
+            Src::F32(x) => search::quantize_rows(fmt, k, x, out),
+            Src::F16(x) => search::quantize_rows(fmt, k, x, out),
+            Src::BF16(x) => search::quantize_rows(fmt, k, x, out),
+        },
     }
 }

@@ -261,6 +261,21 @@ pub fn params_from_range_with<C: F16Convert>(
     }
 }
 
+/// Parameters with a given scale and min (0 for symmetric schemes), each
+/// rounded to nearest in the scale dtype and saturated (flagged) like RTN's.
+/// Unlike [`params_from_range`], elements may fall below the min: their codes
+/// clamp. Used by the error-minimising search.
+pub fn params_from_scale_min(scheme: Scheme, dt: ScaleDtype, scale: f32, min: f32) -> GroupParams {
+    let mut overflowed = false;
+    let s = round_saturating::<SoftF16>(dt, scale, &mut overflowed);
+    let m = if scheme.symmetric() {
+        Stored { v: 0.0, bits: 0 }
+    } else {
+        round_saturating::<SoftF16>(dt, min, &mut overflowed)
+    };
+    finish(s, m, overflowed, true)
+}
+
 /// The code of value `v` under `p` (a byte: the `i8` bit pattern for int8).
 #[inline(always)]
 pub fn code(scheme: Scheme, p: &GroupParams, v: f32) -> u8 {
