@@ -342,6 +342,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Quantize(a) => {
             let (scheme, gguf) = output_format(&a)?;
+            let packed = gguf.is_none() && a.format.as_deref() != Some("mlx");
+            if !packed && (a.optimize != Method::Rtn || a.compare.is_some()) {
+                bail!("--optimize and --compare apply to the packed safetensors format; GGUF and MLX are written with their reference rounding");
+            }
             let opts = QuantizeOptions {
                 rules: Rules {
                     scheme,

@@ -67,3 +67,23 @@ fn search_writes_the_same_format_with_less_error_and_reports_the_comparison() {
     }
     assert!(files.windows(2).all(|w| w[0] == w[1]), "ISAs disagree");
 }
+
+#[test]
+fn search_is_refused_for_formats_with_a_reference_rounding() {
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [["--format", "gguf"], ["--format", "mlx"]] {
+        let out = dir.path().join("q.out");
+        shrinkray()
+            .args(["quantize", "--optimize", "search"])
+            .args(extra)
+            .arg(fixture("llama-bf16.safetensors"))
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .code(1)
+            .stderr(predicates::str::contains(
+                "apply to the packed safetensors format",
+            ));
+        assert!(!out.exists());
+    }
+}
