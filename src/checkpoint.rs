@@ -153,11 +153,11 @@ impl Shard {
             });
         }
         let file = File::open(path).map_err(io("cannot open"))?;
+        // A positioned read: the file offset stays at 0 for the header reader.
         let mut magic = [0u8; 4];
-        if (&file).read_exact(&mut magic).is_ok() && crate::gguf::is_gguf(&magic) {
+        if file.read_exact_at(&mut magic, 0).is_ok() && crate::gguf::is_gguf(&magic) {
             return Shard::open_gguf(path, &meta, mode);
         }
-        let file = File::open(path).map_err(io("cannot open"))?;
         let file_len = meta.len();
         let bad = |e: SafeTensorError, bytes: &[u8]| CheckpointError::Header {
             path: path.to_path_buf(),

@@ -59,14 +59,7 @@ fn a_single_file_becomes_one_gguf_with_ggml_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let input = fixture("llama-bf16.safetensors");
     let out = dir.path().join("m.gguf"); // the extension picks the format, q4_0 by default
-    let run = shrinkray()
-        .args(["quantize", "--json"])
-        .arg(&input)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .success();
-    let r = json(&run.get_output().stdout);
+    let r = quantize_json(&input, &out, &[]);
     assert_eq!(r["scheme"], "q4_0");
     let size = std::fs::metadata(&out).unwrap().len();
     assert_eq!(r["totals"]["output_bytes_actual"], size);

@@ -79,14 +79,7 @@ fn scales_beyond_f16_are_stored_in_f32_for_that_tensor_only() {
         ],
     );
     let out = dir.path().join("q.safetensors");
-    let ok = shrinkray()
-        .args(["quantize", "--json"])
-        .arg(&input)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .success();
-    let r = json(&ok.get_output().stdout);
+    let r = quantize_json(&input, &out, &[]);
     let sdt = |i: usize| r["tensors"][i]["scale_dtype"].as_str().unwrap().to_string();
     assert_eq!(
         (sdt(0), sdt(1), sdt(2)),
@@ -312,14 +305,7 @@ fn peak_memory_is_bounded_on_a_checkpoint_past_4_gib() {
     sparse_checkpoint(&input, &tensors, 1 << 20);
     assert!(std::fs::metadata(&input).unwrap().len() > 4 << 30);
     let out = dir.path().join("q.safetensors");
-    let run = shrinkray()
-        .args(["quantize", "--json"])
-        .arg(&input)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .success();
-    let r = json(&run.get_output().stdout);
+    let r = quantize_json(&input, &out, &[]);
     let rss = r["peak_rss_bytes"].as_u64().expect("Linux reports VmHWM");
     let largest_out = r["tensors"]
         .as_array()

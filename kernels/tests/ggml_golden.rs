@@ -6,28 +6,8 @@
 use serde_json::Value;
 use shrinkray_kernels::ggml::{dequantize_blocks, quantize_blocks, GgmlType};
 
-fn golden() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/gguf/golden.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).expect("golden.json parses")
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0);
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn input(case: &Value) -> Vec<f32> {
-    case["input_f32_bits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| f32::from_bits(u32::from_str_radix(v.as_str().unwrap(), 16).unwrap()))
-        .collect()
-}
+mod golden;
+use golden::{golden, hex, input, mask_q4_1_signs};
 
 fn flag(case: &Value, key: &str, ty: GgmlType) -> bool {
     case.get(key)
@@ -40,14 +20,6 @@ fn quantize(ty: GgmlType, x: &[f32]) -> (Vec<u8>, shrinkray_kernels::ErrorStats)
     let mut out = vec![0xA5; ty.row_bytes(x.len())];
     let st = quantize_blocks(ty, x, &mut out);
     (out, st)
-}
-
-/// Clears the sign bit of the f16 `d` and `m` of every Q4_1 block.
-fn mask_q4_1_signs(bytes: &mut [u8]) {
-    for b in bytes.chunks_exact_mut(GgmlType::Q4_1.block_bytes()) {
-        b[1] &= 0x7F;
-        b[3] &= 0x7F;
-    }
 }
 
 fn f16_at(b: &[u8], i: usize) -> u16 {

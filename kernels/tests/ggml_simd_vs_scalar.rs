@@ -20,6 +20,9 @@ use shrinkray_kernels::ggml::{
 };
 use shrinkray_kernels::{ErrorStats, Isa, Src};
 
+mod golden;
+use golden::{golden, hex, input, mask_q4_1_signs};
+
 const QK: usize = 32;
 
 /// The SIMD implementations this CPU runs (each missing one reported as SKIPPED).
@@ -530,37 +533,6 @@ fn proptest_sweep_with_a_fixed_seed() {
             Ok(())
         })
         .unwrap();
-}
-
-fn golden() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/gguf/golden.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).expect("golden.json parses")
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0);
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn input(case: &Value) -> Vec<f32> {
-    case["input_f32_bits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| f32::from_bits(u32::from_str_radix(v.as_str().unwrap(), 16).unwrap()))
-        .collect()
-}
-
-/// Clears the sign bit of the f16 `d` and `m` of every Q4_1 block.
-fn mask_q4_1_signs(bytes: &mut [u8]) {
-    for b in bytes.chunks_exact_mut(GgmlType::Q4_1.block_bytes()) {
-        b[1] &= 0x7F;
-        b[3] &= 0x7F;
-    }
 }
 
 /// The golden bytes of gguf-py 0.19.0 through every SIMD path (as `ggml_golden.rs` checks

@@ -36,3 +36,16 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Runs `quantize --json INPUT -o OUT EXTRA…`, asserts success, and returns the report.
+pub fn quantize_json(input: &Path, out: &Path, extra: &[&str]) -> Value {
+    let run = shrinkray()
+        .args(["quantize", "--json"])
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .assert()
+        .success();
+    json(&run.get_output().stdout)
+}
