@@ -40,6 +40,7 @@ fn bench(c: &mut Criterion) {
         });
         for scheme in Scheme::ALL {
             let f = QuantFormat {
+                dq: None,
                 scheme,
                 group: 64,
                 scale_dtype: ScaleDtype::F16,

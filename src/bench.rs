@@ -229,6 +229,7 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
             for &scheme in &opts.schemes {
                 for &group in &opts.groups {
                     let f = QuantFormat {
+                        dq: None,
                         scheme,
                         group,
                         scale_dtype: ScaleDtype::F16,

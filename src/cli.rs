@@ -19,7 +19,7 @@ use shrinkray::quantize::{dry_run, quantize, QuantizeOptions};
 use shrinkray::units::parse_size;
 use shrinkray::verify::{verify, VerifyOptions};
 use shrinkray_kernels::ggml::GgmlType;
-use shrinkray_kernels::{Isa, Method, ScaleDtype, Scheme};
+use shrinkray_kernels::{DoubleQuant, Isa, Method, ScaleDtype, Scheme};
 
 /// Group-wise INT8/INT4 quantization of safetensors checkpoints, with an honest size and error report.
 #[derive(Debug, Parser)]
@@ -194,6 +194,14 @@ pub struct QuantizeArgs {
     /// Also measure round-to-nearest on every packed tensor and report its error beside the chosen method's.
     #[arg(long, value_parser = ["rtn"])]
     pub compare: Option<String>,
+    /// Double quantization (packed format version 2): store each group's scale and min
+    /// as a BITS-bit code (2-8) of a per-super-group factor of --scale-dtype, as Q4_K does with 6.
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u32).range(2..=8))]
+    pub scale_bits: Option<u32>,
+    /// Groups per super-group with --scale-bits (a super-group never spans two rows).
+    #[arg(long, value_name = "GROUPS", default_value_t = 8, requires = "scale_bits",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub super_group: u64,
     /// Tensors in the table (worst relative error first when there are more).
     #[arg(long, default_value_t = 30)]
     pub top: usize,
@@ -346,6 +354,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if !packed && (a.optimize != Method::Rtn || a.compare.is_some()) {
                 bail!("--optimize and --compare apply to the packed safetensors format; GGUF and MLX are written with their reference rounding");
             }
+            if !packed && a.scale_bits.is_some() {
+                bail!("--scale-bits applies to the packed safetensors format; GGUF and MLX store their own scales");
+            }
             let opts = QuantizeOptions {
                 rules: Rules {
                     scheme,
@@ -353,6 +364,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     mlx: a.format.as_deref() == Some("mlx"),
                     optimize: a.optimize,
                     compare_rtn: a.compare.is_some(),
+                    double_quant: a.scale_bits.map(|bits| DoubleQuant {
+                        bits,
+                        groups: a.super_group as usize,
+                    }),
                     group: a.group_size,
                     scale_dtype: a.scale_dtype,
                     keep: a.keep,

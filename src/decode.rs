@@ -4,13 +4,17 @@
 //! The decoding here is written from the format description alone and
 //! shares no arithmetic with the kernels, so `verify` can catch writer bugs.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use safetensors::Dtype;
 use shrinkray_kernels::{QuantFormat, ScaleDtype, Scheme};
 
 use crate::checkpoint::{is_quantizable, Checkpoint, TensorEntry};
-use crate::format::{mins_name, qweight_name, scales_name, PackedMeta, PackedTensor};
+use crate::format::{
+    mins_name, qweight_name, scales_name, super_mins_name, super_scales_name, PackedMeta,
+    PackedTensor,
+};
 use crate::plan::{scale_safetensors_dtype, MLX_METADATA_KEY};
 use shrinkray_kernels::mlx::MlxFormat;
 
@@ -51,12 +55,77 @@ pub struct Quantized<'a> {
     pub scales: &'a TensorEntry,
     /// The mins tensor (asymmetric schemes).
     pub mins: Option<&'a TensorEntry>,
+    /// The super-group scale factors (version 2, double quantization).
+    pub super_scales: Option<&'a TensorEntry>,
+    /// The super-group min factors (version 2, asymmetric schemes).
+    pub super_mins: Option<&'a TensorEntry>,
 }
 
-impl Quantized<'_> {
-    /// Bytes stored for this tensor (codes + scales + mins).
+impl<'a> Quantized<'a> {
+    /// Its stored tensors: codes, scales, then those present of mins, super scales, super mins.
+    pub fn entries(&self) -> impl Iterator<Item = &'a TensorEntry> {
+        [
+            Some(self.codes),
+            Some(self.scales),
+            self.mins,
+            self.super_scales,
+            self.super_mins,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Bytes stored for this tensor (codes + scales + mins, and super-group factors).
     pub fn stored_bytes(&self) -> u64 {
-        (self.codes.nbytes() + self.scales.nbytes() + self.mins.map_or(0, |m| m.nbytes())) as u64
+        self.entries().map(|t| t.nbytes() as u64).sum()
+    }
+
+    /// Reads its stored bytes from the checkpoint it was listed from.
+    pub fn read(&self, ckpt: &'a Checkpoint) -> crate::Result<StoredRows<'a>> {
+        let shard = &ckpt.shards[self.shard];
+        let get = |t: Option<&TensorEntry>| -> crate::Result<Cow<'a, [u8]>> {
+            Ok(match t {
+                Some(t) => shard.data(t)?,
+                None => Cow::Borrowed(&[][..]),
+            })
+        };
+        Ok(StoredRows {
+            fmt: self.fmt,
+            k: self.k,
+            parts: [
+                get(Some(self.codes))?,
+                get(Some(self.scales))?,
+                get(self.mins)?,
+                get(self.super_scales)?,
+                get(self.super_mins)?,
+            ],
+        })
+    }
+}
+
+/// The stored bytes of a quantized tensor, ready to decode by rows.
+#[derive(Debug)]
+pub struct StoredRows<'a> {
+    fmt: QuantFormat,
+    k: usize,
+    /// Codes, scales, mins, super scales, super mins (empty when absent).
+    parts: [Cow<'a, [u8]>; 5],
+}
+
+impl StoredRows<'_> {
+    /// Decodes rows `r0..r1` into `out` (`(r1 − r0) × k` values).
+    pub fn decode(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        let (f, k) = (&self.fmt, self.k);
+        let per_row = [
+            f.code_bytes_per_row(k),
+            f.scale_bytes_per_row(k),
+            f.min_bytes_per_row(k),
+            f.super_bytes_per_row(k),
+            f.super_min_bytes_per_row(k),
+        ];
+        let s: [&[u8]; 5] =
+            std::array::from_fn(|i| &self.parts[i][r0 * per_row[i]..r1 * per_row[i]]);
+        decode_rows(f, k, s, out);
     }
 }
 
@@ -144,10 +213,8 @@ pub fn read_items(ckpt: &Checkpoint) -> Result<Vec<Item<'_>>, FormatError> {
         let mut quantized = std::collections::HashMap::new();
         for (name, info) in &meta.tensors {
             let q = check_quantized(ckpt, si, name, info).map_err(|r| err(name, r))?;
-            pieces.insert(q.codes.name.clone());
-            pieces.insert(q.scales.name.clone());
-            if let Some(m) = q.mins {
-                pieces.insert(m.name.clone());
+            for t in q.entries() {
+                pieces.insert(t.name.clone());
             }
             quantized.insert(q.codes.name.clone(), q);
         }
@@ -285,8 +352,14 @@ fn check_quantized<'a>(
     let shard = &ckpt.shards[si];
     let fmt = info.quant_format().ok_or_else(|| {
         format!(
-            "unknown quantization ({} bits={} symmetric={} group_size={} scale_dtype={})",
-            info.scheme, info.bits, info.symmetric, info.group_size, info.scale_dtype
+            "unknown quantization ({} bits={} symmetric={} group_size={} scale_dtype={} scale_bits={:?} super_group={:?})",
+            info.scheme,
+            info.bits,
+            info.symmetric,
+            info.group_size,
+            info.scale_dtype,
+            info.scale_bits,
+            info.super_group
         )
     })?;
     let dtype = info
@@ -320,19 +393,46 @@ fn check_quantized<'a>(
         Dtype::U8
     };
     let sdt = scale_safetensors_dtype(fmt.scale_dtype);
-    let codes = find(qweight_name(name), cdt, fmt.code_bytes_per_row(k))?;
-    let scales = find(scales_name(name), sdt, fmt.groups_per_row(k))?;
-    let mins = if fmt.scheme.symmetric() {
-        if shard.tensor(&mins_name(name)).is_some() {
-            return Err(format!(
-                "`{}` present for a symmetric scheme",
-                mins_name(name)
-            ));
-        }
-        None
-    } else {
-        Some(find(mins_name(name), sdt, fmt.groups_per_row(k))?)
+    // Version 2 (double quantization): scales and mins are U8 bit fields, and
+    // the super-group factors have the scale dtype.
+    let (pdt, plast) = match fmt.dq {
+        None => (sdt, fmt.groups_per_row(k)),
+        Some(d) => (
+            Dtype::U8,
+            (fmt.groups_per_row(k) * d.bits as usize).div_ceil(8),
+        ),
     };
+    let asym = !fmt.scheme.symmetric();
+    let dq = fmt.dq.is_some();
+    let optional = |present: bool, n: String, dt: Dtype, last: usize, why: &str| {
+        if present {
+            find(n, dt, last).map(Some)
+        } else if shard.tensor(&n).is_some() {
+            Err(format!("`{n}` present {why}"))
+        } else {
+            Ok(None)
+        }
+    };
+    let codes = find(qweight_name(name), cdt, fmt.code_bytes_per_row(k))?;
+    let scales = find(scales_name(name), pdt, plast)?;
+    let mins = optional(asym, mins_name(name), pdt, plast, "for a symmetric scheme")?;
+    let supers = fmt
+        .groups_per_row(k)
+        .div_ceil(fmt.dq.map_or(1, |d| d.groups));
+    let super_scales = optional(
+        dq,
+        super_scales_name(name),
+        sdt,
+        supers,
+        "without `scale_bits`",
+    )?;
+    let super_mins = optional(
+        dq && asym,
+        super_mins_name(name),
+        sdt,
+        supers,
+        "for a symmetric scheme or without `scale_bits`",
+    )?;
     Ok(Quantized {
         name: name.to_string(),
         info: info.clone(),
@@ -345,6 +445,8 @@ fn check_quantized<'a>(
         codes,
         scales,
         mins,
+        super_scales,
+        super_mins,
     })
 }
 
@@ -357,32 +459,66 @@ fn scale_at(dt: ScaleDtype, bytes: &[u8], i: usize) -> f32 {
     }
 }
 
+/// Reads the `bits`-bit field `i` of a row's packed scale or min codes (LSB first).
+fn field(bytes: &[u8], bits: usize, i: usize) -> u32 {
+    let mut v = 0u32;
+    for b in 0..bits {
+        let at = i * bits + b;
+        v |= u32::from((bytes[at / 8] >> (at % 8)) & 1) << b;
+    }
+    v
+}
+
 /// Decodes whole rows of `k` elements into `out` (`out.len()` = rows × k).
 ///
-/// `codes`, `scales` and `mins` hold the same rows, laid out as in the file.
-pub fn decode_rows(
-    fmt: &QuantFormat,
-    k: usize,
-    codes: &[u8],
-    scales: &[u8],
-    mins: &[u8],
-    out: &mut [f32],
-) {
+/// `parts` are the codes, scales, mins, super-group scale factors and
+/// super-group min factors of the same rows, laid out as in the file (empty
+/// when the format has none).
+pub fn decode_rows(fmt: &QuantFormat, k: usize, parts: [&[u8]; 5], out: &mut [f32]) {
     if k == 0 {
         return;
     }
+    let [codes, scales, mins, super_scales, super_mins] = parts;
     let p = fmt.code_bytes_per_row(k);
     let g = fmt.groups_per_row(k);
     let asym = !fmt.scheme.symmetric();
+    let row_bytes = |n: usize| match fmt.dq {
+        Some(d) => (n * d.bits as usize).div_ceil(8),
+        None => 0,
+    };
     for (r, row) in out.chunks_exact_mut(k).enumerate() {
         // Scale and min are read once per group, not once per element.
         for (gj, group) in row.chunks_mut(fmt.group).enumerate() {
             let gi = r * g + gj;
-            let scale = scale_at(fmt.scale_dtype, scales, gi);
-            let min = if asym {
-                scale_at(fmt.scale_dtype, mins, gi)
-            } else {
-                0.0
+            let (scale, min) = match fmt.dq {
+                None => (
+                    scale_at(fmt.scale_dtype, scales, gi),
+                    if asym {
+                        scale_at(fmt.scale_dtype, mins, gi)
+                    } else {
+                        0.0
+                    },
+                ),
+                Some(d) => {
+                    let bits = d.bits as usize;
+                    let si = r * g.div_ceil(d.groups) + gj / d.groups;
+                    let at = r * row_bytes(g);
+                    let cs = field(&scales[at..at + row_bytes(g)], bits, gj);
+                    // Symmetric schemes: a signed (two's complement) scale code.
+                    let cs = if !asym && cs >= 1 << (bits - 1) {
+                        cs as i32 - (1 << bits)
+                    } else {
+                        cs as i32
+                    };
+                    let scale = cs as f32 * scale_at(fmt.scale_dtype, super_scales, si);
+                    let min = if asym {
+                        let cm = field(&mins[at..at + row_bytes(g)], bits, gj);
+                        -(cm as f32 * scale_at(fmt.scale_dtype, super_mins, si))
+                    } else {
+                        0.0
+                    };
+                    (scale, min)
+                }
             };
             for (jj, w) in group.iter_mut().enumerate() {
                 let j = gj * fmt.group + jj;
@@ -403,5 +539,55 @@ pub fn decode_rows(
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shrinkray_kernels::DoubleQuant;
+
+    fn f16s(v: &[f32]) -> Vec<u8> {
+        v.iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect()
+    }
+
+    /// A version-2 row worked out by hand from the README's description:
+    /// 3-bit fields packed LSB first, one of them across a byte boundary.
+    #[test]
+    fn double_quantized_rows_decode_as_the_format_describes() {
+        let fmt = QuantFormat {
+            scheme: Scheme::Int4Asym,
+            group: 2,
+            scale_dtype: ScaleDtype::F16,
+            dq: Some(DoubleQuant { bits: 3, groups: 2 }),
+        };
+        // Codes 1 2 | 3 4 | 5 15; scale codes 7 1 5; min codes 2 0 6;
+        // super-groups {0, 1} and {2}: scale factors 0.5, 0.25; min factors 1, 2.
+        let codes = [0x21, 0x43, 0xF5];
+        let scales = [0b0100_1111, 0b1];
+        let mins = [0b1000_0010, 0b1];
+        let (ss, sm) = (f16s(&[0.5, 0.25]), f16s(&[1.0, 2.0]));
+        let mut out = [0.0f32; 6];
+        decode_rows(&fmt, 6, [&codes, &scales, &mins, &ss, &sm], &mut out);
+        assert_eq!(out, [1.5, 5.0, 1.5, 2.0, -5.75, 6.75]);
+
+        // Symmetric: signed scale codes −3 (0b101) and 2 (0b010), one group per super-group.
+        let fmt = QuantFormat {
+            scheme: Scheme::Int4Sym,
+            group: 2,
+            scale_dtype: ScaleDtype::F16,
+            dq: Some(DoubleQuant { bits: 3, groups: 1 }),
+        };
+        let mut out = [0.0f32; 4];
+        let ss = f16s(&[0.5, 1.0]);
+        decode_rows(
+            &fmt,
+            4,
+            [&[0xF0, 0x98], &[0b0001_0101], &[], &ss, &[]],
+            &mut out,
+        );
+        assert_eq!(out, [12.0, -10.5, 0.0, 2.0]);
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use shrinkray_kernels::{ggml, mlx};
 
 use crate::checkpoint::{map_file, Checkpoint};
-use crate::decode::{decode_rows, read_items, Item, MlxQuantized, Quantized};
+use crate::decode::{read_items, Item, MlxQuantized, Quantized};
 use crate::engine::{from_f32, CHUNK_ELEMS};
 use crate::format::{layout, OutTensor, METADATA_KEY};
 use crate::gguf;
@@ -343,17 +343,7 @@ fn restore_mlx(ckpt: &Checkpoint, q: &MlxQuantized, dtype: Dtype) -> Result<Vec<
 
 /// Decodes one quantized tensor into `dtype` bytes, in parallel over row chunks.
 fn restore(ckpt: &Checkpoint, q: &Quantized, dtype: Dtype) -> Result<Vec<u8>> {
-    let shard = &ckpt.shards[q.shard];
-    let (codes, scales) = (shard.data(q.codes)?, shard.data(q.scales)?);
-    let mins = match q.mins {
-        Some(m) => shard.data(m)?,
-        None => std::borrow::Cow::Borrowed(&[][..]),
-    };
-    let (p, s, m) = (
-        q.fmt.code_bytes_per_row(q.k),
-        q.fmt.scale_bytes_per_row(q.k),
-        q.fmt.min_bytes_per_row(q.k),
-    );
+    let stored = q.read(ckpt)?;
     let esize = dtype.bitsize() / 8;
     let rpc = (CHUNK_ELEMS / q.k.max(1)).max(1);
     let mut out = vec![0u8; q.rows * q.k * esize];
@@ -363,14 +353,7 @@ fn restore(ckpt: &Checkpoint, q: &Quantized, dtype: Dtype) -> Result<Vec<u8>> {
             let r0 = i * rpc;
             let r1 = r0 + chunk.len() / (q.k * esize);
             buf.resize((r1 - r0) * q.k, 0.0);
-            decode_rows(
-                &q.fmt,
-                q.k,
-                &codes[r0 * p..r1 * p],
-                &scales[r0 * s..r1 * s],
-                &mins[r0 * m..r1 * m],
-                buf,
-            );
+            stored.decode(r0, r1, buf);
             from_f32(dtype, buf, chunk);
         });
     Ok(out)

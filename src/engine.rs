@@ -20,7 +20,7 @@ use shrinkray_kernels::{
 };
 
 use crate::checkpoint::Checkpoint;
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, PieceKind, Plan};
 use crate::writer::{PendingFile, WriteError};
 
 /// Elements per work item: large enough to amortise scheduling, small enough for L2.
@@ -216,7 +216,8 @@ pub fn run(
                         });
                     }
                     let mut written = 0;
-                    for (piece, bytes) in tp.pieces.iter().zip([out.codes, out.scales, out.mins]) {
+                    for piece in &tp.pieces {
+                        let bytes = out.part(piece.kind);
                         debug_assert_eq!(piece.nbytes, bytes.len() as u64);
                         write(bytes, piece.offset, &widen)?;
                         written += bytes.len() as u64;
@@ -272,7 +273,8 @@ pub fn run(
                         });
                     }
                     let mut written = 0;
-                    for (piece, bytes) in tp.pieces.iter().zip([out.codes, out.scales, out.mins]) {
+                    for piece in &tp.pieces {
+                        let bytes = out.part(piece.kind);
                         debug_assert_eq!(piece.nbytes, bytes.len() as u64);
                         write(bytes, piece.offset, &widen)?;
                         written += bytes.len() as u64;
@@ -313,10 +315,12 @@ pub fn run(
 /// so after the first tensor no page is faulted in or cleared for output.
 #[derive(Debug, Default)]
 pub struct Workspace {
-    codes: Vec<u8>,
-    scales: Vec<u8>,
-    mins: Vec<u8>,
+    bufs: [Vec<u8>; PARTS],
 }
+
+/// Output parts of a quantized tensor, in [`PieceKind::part`] order: codes,
+/// scales, mins, super-group scale factors, super-group min factors.
+const PARTS: usize = 5;
 
 fn take(v: &mut Vec<u8>, n: usize) -> &mut [u8] {
     if v.len() < n {
@@ -328,16 +332,19 @@ fn take(v: &mut Vec<u8>, n: usize) -> &mut [u8] {
 /// The packed output of one tensor, borrowed from a [`Workspace`].
 #[derive(Debug)]
 pub struct TensorOutput<'w> {
-    /// Packed codes.
-    pub codes: &'w [u8],
-    /// Encoded scales.
-    pub scales: &'w [u8],
-    /// Encoded mins (empty for symmetric schemes).
-    pub mins: &'w [u8],
+    /// Codes, scales, mins, super scales, super mins (empty when not stored).
+    parts: [&'w [u8]; PARTS],
     /// Error statistics; `first_nonfinite` is a flat index into the tensor.
     pub stats: ErrorStats,
     /// Round-to-nearest's statistics on the same tensor, when asked for (`--compare rtn`).
     pub rtn: Option<ErrorStats>,
+}
+
+impl TensorOutput<'_> {
+    /// The bytes of the output piece of `kind` (empty for [`PieceKind::Kept`]).
+    pub fn part(&self, kind: PieceKind) -> &[u8] {
+        kind.part().map_or(&[], |i| self.parts[i])
+    }
 }
 
 /// How a packed tensor's parameters are chosen, and whether round-to-nearest
@@ -348,6 +355,30 @@ pub struct Choice {
     pub method: Method,
     /// Also measure round-to-nearest's error (nothing of it is written).
     pub compare_rtn: bool,
+}
+
+/// Bytes per row of each output part of a packed tensor.
+fn packed_parts(fmt: &QuantFormat, k: usize) -> [usize; PARTS] {
+    [
+        fmt.code_bytes_per_row(k),
+        fmt.scale_bytes_per_row(k),
+        fmt.min_bytes_per_row(k),
+        fmt.super_bytes_per_row(k),
+        fmt.super_min_bytes_per_row(k),
+    ]
+}
+
+/// The kernels' view of one chunk's output parts.
+fn rows_out<'a>(
+    [codes, scales, mins, super_scales, super_mins]: [&'a mut [u8]; PARTS],
+) -> RowsOut<'a> {
+    RowsOut {
+        codes,
+        scales,
+        mins,
+        super_scales,
+        super_mins,
+    }
 }
 
 /// Quantizes a whole tensor of `rows × k` elements of `dtype` held in `data`,
@@ -368,105 +399,30 @@ pub fn quantize_tensor<'w>(
     progress: &ProgressBar,
     release: &(dyn Fn(&[u8]) + Sync),
 ) -> TensorOutput<'w> {
-    let (cb, sb, mb) = (
-        fmt.code_bytes_per_row(k),
-        fmt.scale_bytes_per_row(k),
-        fmt.min_bytes_per_row(k),
-    );
-    let codes = take(&mut ws.codes, rows * cb);
-    let scales = take(&mut ws.scales, rows * sb);
-    let mins = take(&mut ws.mins, rows * mb);
-    let esize = dtype.bitsize() / 8;
-    let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
-    // Output bytes of a chunk of input bytes (whole rows).
-    let rows_of = |src: &[u8]| src.len() / (k * esize).max(1);
-    let codes_len = |src: &[u8]| rows_of(src) * cb;
-    let sb_len = |src: &[u8]| rows_of(src) * sb;
-    let mb_len = |src: &[u8]| rows_of(src) * mb;
-
-    let mut jobs = Vec::with_capacity(rows.div_ceil(rpc));
-    {
-        let mut c = codes.chunks_mut((rpc * cb).max(1));
-        let mut s = scales.chunks_mut((rpc * sb).max(1));
-        let mut m = mins.chunks_mut((rpc * mb).max(1));
-        for (i, src) in data.chunks((rpc * k * esize).max(1)).enumerate() {
-            let m: &mut [u8] = if mb == 0 {
-                &mut []
-            } else {
-                m.next().expect("mins chunk")
-            };
-            jobs.push((
-                (i * rpc * k) as u64,
-                src,
-                c.next().expect("codes chunk"),
-                s.next().expect("scales chunk"),
-                m,
-            ));
-        }
-    }
-    let none = || (ErrorStats::default(), None);
-    let (stats, rtn) = jobs
-        .into_par_iter()
-        .map_init(
-            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-            |(buf, c2, s2, m2), (first, src, codes, scales, mins)| {
-                if crate::interrupt::requested().is_some() {
-                    return none(); // the caller checks and drops this tensor
-                }
-                let x = source(isa, dtype, src, buf);
-                let out = RowsOut {
-                    codes,
-                    scales,
-                    mins,
-                };
-                let st = quantize_rows_by(isa, choice.method, fmt, k, x, out);
-                // Round-to-nearest into scratch buffers, for the comparison only.
-                let rtn = choice.compare_rtn.then(|| {
-                    let (c2, s2, m2) = (
-                        take(c2, codes_len(src)),
-                        take(s2, sb_len(src)),
-                        take(m2, mb_len(src)),
-                    );
-                    quantize_rows(
-                        isa,
-                        fmt,
-                        k,
-                        x,
-                        RowsOut {
-                            codes: c2,
-                            scales: s2,
-                            mins: m2,
-                        },
-                    )
-                });
-                progress.inc(src.len() as u64);
-                release(src);
-                let shift = |st: &ErrorStats| {
-                    let mut at = ErrorStats::default();
-                    at.merge(st, first);
-                    at
-                };
-                (shift(&st), rtn.as_ref().map(shift))
-            },
-        )
-        .reduce(none, |(mut a, ra), (b, rb)| {
-            a.merge(&b, 0);
-            let r = match (ra, rb) {
-                (Some(mut x), Some(y)) => {
-                    x.merge(&y, 0);
-                    Some(x)
-                }
-                (x, y) => x.or(y),
-            };
-            (a, r)
-        });
-    TensorOutput {
-        codes,
-        scales,
-        mins,
-        stats,
-        rtn,
-    }
+    let per_row = packed_parts(fmt, k);
+    let esize = (dtype.bitsize() / 8).max(1);
+    quantize_rows_with(
+        ws,
+        data,
+        dtype,
+        rows,
+        k,
+        per_row,
+        progress,
+        release,
+        |src, buf, parts| {
+            let x = source(isa, dtype, src, buf);
+            let st = quantize_rows_by(isa, choice.method, fmt, k, x, rows_out(parts));
+            // Round-to-nearest into scratch buffers, for the comparison only.
+            let rtn = choice.compare_rtn.then(|| {
+                let n = src.len() / (k * esize).max(1);
+                let mut scratch = per_row.map(|b| vec![0u8; n * b]);
+                let [a, b, c, d, e] = &mut scratch;
+                quantize_rows(isa, fmt, k, x, rows_out([a, b, c, d, e]))
+            });
+            (st, rtn)
+        },
+    )
 }
 
 /// Quantizes a whole tensor of `rows × k` elements (`k` a multiple of 32)
@@ -483,7 +439,7 @@ pub fn quantize_ggml_tensor<'w>(
     progress: &ProgressBar,
     release: &(dyn Fn(&[u8]) + Sync),
 ) -> TensorOutput<'w> {
-    let per_row = [ty.row_bytes(k), 0, 0];
+    let per_row = [ty.row_bytes(k), 0, 0, 0, 0];
     quantize_rows_with(
         ws,
         data,
@@ -493,7 +449,10 @@ pub fn quantize_ggml_tensor<'w>(
         per_row,
         progress,
         release,
-        |src, buf, c, _, _| ggml::quantize_blocks_src(isa, ty, source(isa, dtype, src, buf), c),
+        |src, buf, [c, ..]| {
+            let st = ggml::quantize_blocks_src(isa, ty, source(isa, dtype, src, buf), c);
+            (st, None)
+        },
     )
 }
 
@@ -511,7 +470,7 @@ pub fn quantize_mlx_tensor<'w>(
     release: &(dyn Fn(&[u8]) + Sync),
 ) -> TensorOutput<'w> {
     let s = fmt.scale_bytes_per_row(k);
-    let per_row = [fmt.code_bytes_per_row(k), s, s];
+    let per_row = [fmt.code_bytes_per_row(k), s, s, 0, 0];
     quantize_rows_with(
         ws,
         data,
@@ -521,15 +480,21 @@ pub fn quantize_mlx_tensor<'w>(
         per_row,
         progress,
         release,
-        |src, buf, c, sc, b| mlx::quantize_rows(fmt, k, to_f32(dtype, src, buf), c, sc, b),
+        |src, buf, [c, sc, b, ..]| {
+            let st = mlx::quantize_rows(fmt, k, to_f32(dtype, src, buf), c, sc, b);
+            (st, None)
+        },
     )
 }
 
+/// Error statistics of a chunk, and round-to-nearest's when compared.
+type ChunkStats = (ErrorStats, Option<ErrorStats>);
+
 /// Runs `kernel` over row chunks of a tensor in parallel: each chunk's bytes
 /// (whole rows of `dtype`) go to the kernel with a per-worker buffer to read
-/// them through ([`to_f32`] or [`source`]), and its slices of the three
-/// outputs (`per_row` bytes of each per row; 0 for an output the kernel does
-/// not write).
+/// them through ([`to_f32`] or [`source`]), and its slices of the output
+/// parts (`per_row` bytes of each per row; 0 for a part the kernel does not
+/// write).
 #[allow(clippy::too_many_arguments)]
 fn quantize_rows_with<'w>(
     ws: &'w mut Workspace,
@@ -537,68 +502,71 @@ fn quantize_rows_with<'w>(
     dtype: Dtype,
     rows: usize,
     k: usize,
-    per_row: [usize; 3],
+    per_row: [usize; PARTS],
     progress: &ProgressBar,
     release: &(dyn Fn(&[u8]) + Sync),
-    kernel: impl Fn(&[u8], &mut Vec<f32>, &mut [u8], &mut [u8], &mut [u8]) -> ErrorStats + Sync,
+    kernel: impl Fn(&[u8], &mut Vec<f32>, [&mut [u8]; PARTS]) -> ChunkStats + Sync,
 ) -> TensorOutput<'w> {
     let esize = dtype.bitsize() / 8;
     let rpc = (CHUNK_ELEMS / k.max(1)).max(1);
-    fn chunks(buf: &mut [u8], n: usize, rpc: usize, count: usize) -> Vec<&mut [u8]> {
-        if n == 0 {
-            (0..count).map(|_| <&mut [u8]>::default()).collect()
-        } else {
-            buf.chunks_mut(rpc * n).collect()
-        }
-    }
     let count = rows.div_ceil(rpc);
-    let c = chunks(
-        take(&mut ws.codes, rows * per_row[0]),
-        per_row[0],
-        rpc,
-        count,
-    );
-    let s = chunks(
-        take(&mut ws.scales, rows * per_row[1]),
-        per_row[1],
-        rpc,
-        count,
-    );
-    let m = chunks(
-        take(&mut ws.mins, rows * per_row[2]),
-        per_row[2],
-        rpc,
-        count,
-    );
+    // Each part cut into the chunks' slices (empty slices for an unused part).
+    let mut parts: Vec<std::vec::IntoIter<&mut [u8]>> = ws
+        .bufs
+        .iter_mut()
+        .zip(per_row)
+        .map(|(buf, n)| {
+            let buf = take(buf, rows * n);
+            let v: Vec<&mut [u8]> = if n == 0 {
+                (0..count).map(|_| <&mut [u8]>::default()).collect()
+            } else {
+                buf.chunks_mut(rpc * n).collect()
+            };
+            v.into_iter()
+        })
+        .collect();
     let jobs: Vec<_> = data
         .chunks((rpc * k * esize).max(1))
-        .zip(c.into_iter().zip(s).zip(m))
         .enumerate()
+        .map(|(i, src)| {
+            let out: [&mut [u8]; PARTS] =
+                std::array::from_fn(|p| parts[p].next().expect("one slice per chunk"));
+            (i, src, out)
+        })
         .collect();
-    let stats = jobs
+    let none = || (ErrorStats::default(), None);
+    let (stats, rtn) = jobs
         .into_par_iter()
-        .map_init(Vec::new, |buf, (i, (src, ((c, s), m)))| {
+        .map_init(Vec::new, |buf, (i, src, out)| {
             if crate::interrupt::requested().is_some() {
-                return ErrorStats::default(); // the caller checks and drops this tensor
+                return none(); // the caller checks and drops this tensor
             }
-            let st = kernel(src, buf, c, s, m);
+            let (st, rtn) = kernel(src, buf, out);
             progress.inc(src.len() as u64);
             release(src);
-            let mut at = ErrorStats::default();
-            at.merge(&st, (i * rpc * k) as u64);
-            at
+            let shift = |st: &ErrorStats| {
+                let mut at = ErrorStats::default();
+                at.merge(st, (i * rpc * k) as u64);
+                at
+            };
+            (shift(&st), rtn.as_ref().map(shift))
         })
-        .reduce(ErrorStats::default, |mut a, b| {
+        .reduce(none, |(mut a, ra), (b, rb)| {
             a.merge(&b, 0);
-            a
+            let r = match (ra, rb) {
+                (Some(mut x), Some(y)) => {
+                    x.merge(&y, 0);
+                    Some(x)
+                }
+                (x, y) => x.or(y),
+            };
+            (a, r)
         });
     let ws: &'w Workspace = ws;
     TensorOutput {
-        codes: &ws.codes[..rows * per_row[0]],
-        scales: &ws.scales[..rows * per_row[1]],
-        mins: &ws.mins[..rows * per_row[2]],
+        parts: std::array::from_fn(|p| &ws.bufs[p][..rows * per_row[p]]),
         stats,
-        rtn: None,
+        rtn,
     }
 }
 

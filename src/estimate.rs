@@ -227,6 +227,7 @@ pub fn estimate(subject: &Subject<'_>, opts: &EstimateOptions) -> Result<Estimat
                     GroupSize::Row => *row_length,
                 };
                 let f = QuantFormat {
+                    dq: None,
                     scheme,
                     group: g as usize,
                     scale_dtype: ScaleDtype::F16,

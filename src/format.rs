@@ -1,6 +1,8 @@
-//! The packed output format, version 1: tensor names, the `shrinkray`
+//! The packed output format, versions 1 and 2: tensor names, the `shrinkray`
 //! metadata entry, and the byte layout of a safetensors file whose header is
-//! written before any payload.
+//! written before any payload. Version 2 adds double-quantized scales
+//! (`scale_bits`, `super_group`); a file is written as version 1 unless a
+//! tensor uses them, and both versions are read.
 //!
 //! The user-facing description is the README section "The packed format".
 
@@ -9,12 +11,14 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
-use shrinkray_kernels::{QuantFormat, ScaleDtype, Scheme};
+use shrinkray_kernels::{DoubleQuant, QuantFormat, ScaleDtype, Scheme};
 
 use crate::checkpoint::dtype_align;
 
-/// The version written in the `shrinkray` metadata entry.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version written in the `shrinkray` metadata entry (and the newest read).
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of files without double-quantized scales (still written for them, and read).
+pub const FORMAT_VERSION_PLAIN: u32 = 1;
 /// The `__metadata__` key that marks a packed file.
 pub const METADATA_KEY: &str = "shrinkray";
 
@@ -29,6 +33,26 @@ pub fn scales_name(name: &str) -> String {
 /// Name of the mins tensor of quantized tensor `name`.
 pub fn mins_name(name: &str) -> String {
     format!("{name}.mins")
+}
+/// Name of the super-group scale factors of quantized tensor `name` (version 2).
+pub fn super_scales_name(name: &str) -> String {
+    format!("{name}.super_scales")
+}
+/// Name of the super-group min factors of quantized tensor `name` (version 2).
+pub fn super_mins_name(name: &str) -> String {
+    format!("{name}.super_mins")
+}
+
+/// A short label of a packed format: `int4-asym g64 F16`, or with double
+/// quantization `int4-asym g32 dq6/8 F16` (6-bit scale codes, 8 groups per super-group).
+pub fn describe(fmt: &QuantFormat) -> String {
+    match fmt.dq {
+        None => format!("{} g{} {}", fmt.scheme, fmt.group, fmt.scale_dtype),
+        Some(d) => format!(
+            "{} g{} dq{}/{} {}",
+            fmt.scheme, fmt.group, d.bits, d.groups, fmt.scale_dtype
+        ),
+    }
 }
 
 /// How one quantized tensor was stored, as recorded in the metadata.
@@ -46,8 +70,14 @@ pub struct PackedTensor {
     pub dtype: String,
     /// The original tensor's shape.
     pub shape: Vec<usize>,
-    /// The dtype of scales and mins.
+    /// The dtype of scales and mins (version 2 with `scale_bits`: of the super-group factors).
     pub scale_dtype: String,
+    /// Version 2: bits of each scale code and min code (double quantization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_bits: Option<u32>,
+    /// Version 2: groups per super-group (with `scale_bits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub super_group: Option<usize>,
 }
 
 impl PackedTensor {
@@ -61,6 +91,8 @@ impl PackedTensor {
             dtype: dtype.to_string(),
             shape: shape.to_vec(),
             scale_dtype: fmt.scale_dtype.name().into(),
+            scale_bits: fmt.dq.map(|d| d.bits),
+            super_group: fmt.dq.map(|d| d.groups),
         }
     }
 
@@ -74,7 +106,15 @@ impl PackedTensor {
             _ => return None,
         };
         let consistent = scheme.bits() == self.bits && scheme.symmetric() == self.symmetric;
+        let dq = match (self.scale_bits, self.super_group) {
+            (None, None) => None,
+            (Some(bits), Some(groups)) if DoubleQuant::BITS.contains(&bits) && groups > 0 => {
+                Some(DoubleQuant { bits, groups })
+            }
+            _ => return None,
+        };
         (consistent && self.group_size > 0).then_some(QuantFormat {
+            dq,
             scheme,
             group: self.group_size,
             scale_dtype,
@@ -104,16 +144,29 @@ impl PackedMeta {
             serde_json::from_str::<PackedMeta>(raw)
                 .map_err(|e| format!("`{METADATA_KEY}` metadata is not valid: {e}"))
                 .and_then(|m| {
-                    if m.format == FORMAT_VERSION {
-                        Ok(m)
-                    } else {
-                        Err(format!(
-                            "packed format version {} is not supported (this shrinkray reads version {FORMAT_VERSION})",
+                    let v2 = m.tensors.values().find(|t| t.scale_bits.is_some() || t.super_group.is_some());
+                    match (m.format, v2) {
+                        (FORMAT_VERSION_PLAIN, Some(t)) => Err(format!(
+                            "packed format version 1 has no double-quantized scales, but `{}` has `scale_bits`/`super_group`",
+                            m.tensors.iter().find(|(_, x)| *x == t).map_or("", |(n, _)| n.as_str())
+                        )),
+                        (FORMAT_VERSION_PLAIN | FORMAT_VERSION, _) => Ok(m),
+                        _ => Err(format!(
+                            "packed format version {} is not supported (this shrinkray reads versions {FORMAT_VERSION_PLAIN} and {FORMAT_VERSION})",
                             m.format
-                        ))
+                        )),
                     }
                 }),
         )
+    }
+
+    /// The version a file with these tensors is written as: 2 with double quantization, else 1.
+    pub fn version_for(tensors: &IndexMap<String, PackedTensor>) -> u32 {
+        if tensors.values().any(|t| t.scale_bits.is_some()) {
+            FORMAT_VERSION
+        } else {
+            FORMAT_VERSION_PLAIN
+        }
     }
 
     /// The JSON string stored under [`METADATA_KEY`].

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{map_file, Checkpoint};
 use crate::decode::{read_items, Item};
-use crate::format::METADATA_KEY;
+use crate::format::{PackedMeta, METADATA_KEY};
 use crate::gguf;
 use crate::plan::MLX_METADATA_KEY;
 use crate::report::shape_str;
@@ -55,6 +55,8 @@ pub struct Inspection {
     pub packed: bool,
     /// GGUF version, for a GGUF file.
     pub gguf_version: Option<u32>,
+    /// The shrinkray packed format version (the newest among the files; none for MLX or plain files).
+    pub format_version: Option<u32>,
     /// Files and their sizes.
     pub files: BTreeMap<String, u64>,
     /// Total file bytes.
@@ -90,7 +92,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                 dtype: q.dtype.to_string(),
                 shape: q.shape.clone(),
                 params: (q.rows * q.k) as u64,
-                stored_as: format!("{} g{} {}", q.fmt.scheme, q.fmt.group, q.fmt.scale_dtype),
+                stored_as: crate::format::describe(&q.fmt),
                 bytes: q.stored_bytes(),
                 bits_per_weight: 0.0,
             },
@@ -133,6 +135,12 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     Ok(Inspection {
         path: path.display().to_string(),
         packed,
+        format_version: ckpt
+            .shards
+            .iter()
+            .filter_map(|s| PackedMeta::from_metadata(&s.metadata)?.ok())
+            .map(|m| m.format)
+            .max(),
         gguf_version: None,
         files: ckpt
             .shards
@@ -192,6 +200,7 @@ fn inspect_gguf(path: &Path, map: &[u8]) -> Result<Inspection> {
         path: path.display().to_string(),
         packed: false,
         gguf_version: Some(h.version),
+        format_version: None,
         files: BTreeMap::from([(file, map.len() as u64)]),
         file_bytes: map.len() as u64,
         params: rows.iter().map(|r| r.params).sum(),
@@ -211,7 +220,10 @@ impl Inspection {
             bytes(self.file_bytes),
             self.file_bytes,
             match (self.packed, self.gguf_version) {
-                (true, _) => ", shrinkray packed format 1".to_string(),
+                (true, _) => match self.format_version {
+                    Some(v) => format!(", shrinkray packed format {v}"),
+                    None => ", MLX affine layout".to_string(),
+                },
                 (false, Some(v)) => format!(", GGUF version {v}"),
                 _ => String::new(),
             }

@@ -13,12 +13,12 @@ use regex::Regex;
 use safetensors::Dtype;
 use shrinkray_kernels::ggml::GgmlType;
 use shrinkray_kernels::mlx::MlxFormat;
-use shrinkray_kernels::{Method, QuantFormat, ScaleDtype, Scheme};
+use shrinkray_kernels::{DoubleQuant, Method, QuantFormat, ScaleDtype, Scheme};
 
 use crate::checkpoint::{is_quantizable, Checkpoint, TensorEntry};
 use crate::format::{
-    layout, mins_name, qweight_name, scales_name, FileLayout, OutTensor, PackedMeta, PackedTensor,
-    FORMAT_VERSION, METADATA_KEY,
+    layout, mins_name, qweight_name, scales_name, super_mins_name, super_scales_name, FileLayout,
+    OutTensor, PackedMeta, PackedTensor, FORMAT_VERSION, METADATA_KEY,
 };
 use crate::gguf::{self, TensorType};
 
@@ -137,6 +137,8 @@ pub struct Rules {
     pub optimize: Method,
     /// Also measure round-to-nearest on every packed tensor (`--compare rtn`).
     pub compare_rtn: bool,
+    /// Double-quantized scales and mins for packed tensors (`--scale-bits`, format version 2).
+    pub double_quant: Option<DoubleQuant>,
 }
 
 impl Rules {
@@ -170,6 +172,7 @@ impl Default for Rules {
             mlx: false,
             optimize: Method::Rtn,
             compare_rtn: false,
+            double_quant: None,
         }
     }
 }
@@ -237,6 +240,33 @@ pub enum PieceKind {
     Scales,
     /// Mins.
     Mins,
+    /// Super-group scale factors (double quantization).
+    SuperScales,
+    /// Super-group min factors (double quantization).
+    SuperMins,
+}
+
+impl PieceKind {
+    /// Its index among a quantized tensor's output parts (none for kept tensors).
+    pub fn part(self) -> Option<usize> {
+        match self {
+            PieceKind::Kept => None,
+            PieceKind::Codes => Some(0),
+            PieceKind::Scales => Some(1),
+            PieceKind::Mins => Some(2),
+            PieceKind::SuperScales => Some(3),
+            PieceKind::SuperMins => Some(4),
+        }
+    }
+
+    /// The kind its bytes are counted as in reports: super-group factors are scale and min bytes.
+    pub fn counted_as(self) -> PieceKind {
+        match self {
+            PieceKind::SuperScales => PieceKind::Scales,
+            PieceKind::SuperMins => PieceKind::Mins,
+            k => k,
+        }
+    }
 }
 
 /// One output tensor of a planned input tensor, with its place in the file.
@@ -289,7 +319,7 @@ impl TensorPlan {
         }
         self.pieces
             .iter()
-            .filter(|p| p.kind == kind)
+            .filter(|p| p.kind.counted_as() == kind)
             .map(|p| p.nbytes)
             .sum()
     }
@@ -454,34 +484,58 @@ impl Plan {
                         } else {
                             Dtype::U8
                         };
-                        let mut p = vec![
+                        // With double quantization, scales and mins are packed U8 codes
+                        // and the super-group factors have the scale dtype.
+                        let (code_dt, code_last) = match f.dq {
+                            None => (sdt, f.groups_per_row(k)),
+                            Some(_) => (Dtype::U8, f.scale_bytes_per_row(k)),
+                        };
+                        let asym = !f.scheme.symmetric();
+                        let p = [
                             (
+                                true,
                                 PieceKind::Codes,
                                 qweight_name(&t.name),
                                 cdt,
                                 f.code_bytes_per_row(k),
+                                f.code_bytes_per_row(k),
                             ),
                             (
+                                true,
                                 PieceKind::Scales,
                                 scales_name(&t.name),
-                                sdt,
+                                code_dt,
+                                code_last,
                                 f.scale_bytes_per_row(k),
                             ),
-                        ];
-                        if !f.scheme.symmetric() {
-                            p.push((
+                            (
+                                asym,
                                 PieceKind::Mins,
                                 mins_name(&t.name),
-                                sdt,
+                                code_dt,
+                                code_last,
                                 f.min_bytes_per_row(k),
-                            ));
-                        }
+                            ),
+                            (
+                                f.dq.is_some(),
+                                PieceKind::SuperScales,
+                                super_scales_name(&t.name),
+                                sdt,
+                                f.supers_per_row(k),
+                                f.super_bytes_per_row(k),
+                            ),
+                            (
+                                f.dq.is_some() && asym,
+                                PieceKind::SuperMins,
+                                super_mins_name(&t.name),
+                                sdt,
+                                f.supers_per_row(k),
+                                f.super_min_bytes_per_row(k),
+                            ),
+                        ];
                         p.into_iter()
-                            .map(|(kind, name, dtype, per_row)| {
-                                let last = match kind {
-                                    PieceKind::Codes => per_row,
-                                    _ => f.groups_per_row(k),
-                                };
+                            .filter(|p| p.0)
+                            .map(|(_, kind, name, dtype, last, per_row)| {
                                 outs.push(OutTensor {
                                     name: name.clone(),
                                     dtype,
@@ -505,6 +559,7 @@ impl Plan {
                     serde_json::json!({ "mode": "affine", "tensors": mlx_tensors }).to_string(),
                 );
             } else {
+                meta.format = PackedMeta::version_for(&meta.tensors);
                 md.insert(METADATA_KEY.into(), meta.to_json());
             }
             let layout = layout(&outs, &md).map_err(err)?;
@@ -891,6 +946,7 @@ pub fn decide(t: &TensorEntry, rules: &Rules) -> Result<Action, String> {
         }));
     }
     Ok(Action::Quantize(QuantFormat {
+        dq: rules.double_quant,
         scheme,
         group: match group {
             GroupSize::Fixed(g) => g,

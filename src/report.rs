@@ -190,6 +190,10 @@ pub struct Report {
     pub scale_dtype: String,
     /// How scales and mins were chosen (`rtn` or `search`).
     pub method: String,
+    /// Double quantization (format version 2): bits per scale and min code, or `null`.
+    pub scale_bits: Option<u32>,
+    /// Double quantization: groups per super-group, or `null`.
+    pub super_group: Option<usize>,
     /// The kernel path used.
     pub isa: String,
     /// Worker threads.
@@ -258,7 +262,10 @@ pub fn build(
             Action::Quantize(f) => {
                 naive_codes_bits += t.params() as u128 * f.scheme.bits() as u128;
                 (
-                    f.scheme.name().to_string(),
+                    match f.dq {
+                        None => f.scheme.name().to_string(),
+                        Some(d) => format!("{} dq{}/{}", f.scheme, d.bits, d.groups),
+                    },
                     None,
                     Some(f.group),
                     Some(f.scale_dtype.name().to_string()),
@@ -412,6 +419,8 @@ pub fn build(
                 .then(|| ErrorSummary::from(&all_rtn)),
         },
         method: plan.rules.optimize.name().into(),
+        scale_bits: plan.rules.double_quant.map(|d| d.bits),
+        super_group: plan.rules.double_quant.map(|d| d.groups),
         tensors: rows,
         elapsed_s: measured.map(|m| m.elapsed_s),
         throughput_gb_s: measured.map(|m| input_bytes as f64 / m.elapsed_s.max(1e-9) / 1e9),
@@ -462,7 +471,7 @@ impl Report {
         let mut out = String::new();
         let t = &self.totals;
         out.push_str(&format!(
-            "{} {}  (default {}, group {}, {} scales, {}; kernels: {}; {} thread{})\n\n",
+            "{} {}  (default {}, group {}, {}, {}; kernels: {}; {} thread{})\n\n",
             if self.dry_run {
                 "plan for"
             } else {
@@ -471,7 +480,13 @@ impl Report {
             self.input,
             self.scheme,
             self.group_size,
-            self.scale_dtype,
+            match (self.scale_bits, self.super_group) {
+                (Some(b), Some(g)) => format!(
+                    "{b}-bit scale codes with {} factors per {g} groups",
+                    self.scale_dtype
+                ),
+                _ => format!("{} scales", self.scale_dtype),
+            },
             if self.method == "search" {
                 "error-minimising search"
             } else {

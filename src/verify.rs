@@ -13,7 +13,7 @@ use shrinkray_kernels::mlx::{self, MlxFormat};
 use shrinkray_kernels::ErrorStats;
 
 use crate::checkpoint::{map_file, Checkpoint};
-use crate::decode::{decode_rows, read_items, Item, Quantized};
+use crate::decode::{read_items, Item, Quantized};
 use crate::engine::{to_f32, CHUNK_ELEMS};
 use crate::format::METADATA_KEY;
 use crate::gguf;
@@ -159,18 +159,19 @@ pub fn verify(original: &Path, packed: &Path, opts: &VerifyOptions) -> Result<Ve
             }
             Item::Quantized(q) => {
                 params_q += t.numel() as u64;
-                row.stored_as = q.fmt.scheme.name().into();
+                row.stored_as = match q.fmt.dq {
+                    None => q.fmt.scheme.name().into(),
+                    Some(d) => format!("{} dq{}/{}", q.fmt.scheme, d.bits, d.groups),
+                };
                 row.group_size = Some(q.fmt.group);
                 row.stored_bytes = q.stored_bytes();
                 row.naive_bits = q.fmt.scheme.bits();
                 row.bytes.codes = q.codes.nbytes() as u64;
-                row.bytes.scales = q.scales.nbytes() as u64;
-                row.bytes.mins = q.mins.map_or(0, |m| m.nbytes() as u64);
-                let f = &q.fmt;
-                expected += (q.rows
-                    * (f.code_bytes_per_row(q.k)
-                        + f.scale_bytes_per_row(q.k)
-                        + f.min_bytes_per_row(q.k))) as u64;
+                let n =
+                    |t: Option<&crate::checkpoint::TensorEntry>| t.map_or(0, |t| t.nbytes() as u64);
+                row.bytes.scales = q.scales.nbytes() as u64 + n(q.super_scales);
+                row.bytes.mins = n(q.mins) + n(q.super_mins);
+                expected += (q.rows * q.fmt.bytes_per_row(q.k)) as u64;
                 if q.dtype != t.dtype || q.shape != t.shape {
                     failures.push(format!(
                         "tensor `{}`: packed metadata says {} {:?}, the original is {} {:?}",
@@ -486,18 +487,7 @@ fn measure_blocks(
 
 /// Decodes `q` and compares it with the original bytes, in parallel over row chunks.
 fn measure(pck: &Checkpoint, q: &Quantized, original: &[u8]) -> Result<ErrorStats> {
-    let shard = &pck.shards[q.shard];
-    let (codes, scales) = (shard.data(q.codes)?, shard.data(q.scales)?);
-    let mins = match q.mins {
-        Some(m) => shard.data(m)?,
-        None => std::borrow::Cow::Borrowed(&[][..]),
-    };
-    let f = &q.fmt;
-    let (p, s, m) = (
-        f.code_bytes_per_row(q.k),
-        f.scale_bytes_per_row(q.k),
-        f.min_bytes_per_row(q.k),
-    );
+    let stored = q.read(pck)?;
     let esize = q.dtype.bitsize() / 8;
     let rpc = (CHUNK_ELEMS / q.k.max(1)).max(1);
     Ok(original
@@ -510,14 +500,7 @@ fn measure(pck: &Checkpoint, q: &Quantized, original: &[u8]) -> Result<ErrorStat
                 let r1 = r0 + src.len() / (q.k * esize);
                 let x = to_f32(q.dtype, src, xbuf);
                 dbuf.resize(x.len(), 0.0);
-                decode_rows(
-                    f,
-                    q.k,
-                    &codes[r0 * p..r1 * p],
-                    &scales[r0 * s..r1 * s],
-                    &mins[r0 * m..r1 * m],
-                    dbuf,
-                );
+                stored.decode(r0, r1, dbuf);
                 compare(x, dbuf)
             },
         )

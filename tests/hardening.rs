@@ -118,6 +118,53 @@ fn scales_beyond_f16_are_stored_in_f32_for_that_tensor_only() {
 }
 
 #[test]
+fn double_quantized_factors_are_widened_only_when_they_do_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    let wave = |amp: f32| -> Vec<f32> {
+        (0..4 * 64)
+            .map(|i| amp * ((i * 37 % 101) as f32 / 50.0 - 1.0))
+            .collect()
+    };
+    write_f32(
+        &input,
+        &[
+            ("big", vec![4, 64], wave(1.0e6)), // factors 2e6/15/63 and 1e6/63 fit F16
+            ("normal", vec![4, 64], wave(1.0)),
+            ("tiny", vec![4, 64], wave(1.0e-9)), // factor ~1e-12 rounds to 0 in F16
+        ],
+    );
+    let out = dir.path().join("q.safetensors");
+    let r = quantize_json(&input, &out, &["--scale-bits", "6", "--group-size", "16"]);
+    let sdt = |i: usize| r["tensors"][i]["scale_dtype"].as_str().unwrap().to_string();
+    assert_eq!(
+        (sdt(0), sdt(1), sdt(2)),
+        ("F16".into(), "F16".into(), "F32".into())
+    );
+    assert_eq!(
+        r["totals"]["output_bytes_actual"].as_u64().unwrap(),
+        std::fs::metadata(&out).unwrap().len()
+    );
+    let warnings = r["warnings"].to_string();
+    assert!(
+        warnings.contains("tiny: scales stored in F32"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("big:"), "{warnings}");
+    let v = shrinkray()
+        .args(["verify", "--json", "--max-rel-error", "0.1"])
+        .arg(&input)
+        .arg(&out)
+        .assert()
+        .success();
+    let v = json(&v.get_output().stdout);
+    for t in v["tensors"].as_array().unwrap() {
+        let rel = t["error"]["rel_error"].as_f64().unwrap();
+        assert!(rel > 0.0 && rel < 0.1, "{t}");
+    }
+}
+
+#[test]
 fn a_group_beyond_f32_is_an_error_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.safetensors");

@@ -216,6 +216,24 @@ fn packed(path: &Path, edit: impl FnOnce(&mut Value, &mut Vec<Tn>)) -> PathBuf {
     })
 }
 
+/// A valid version-2 packed file (int8, 4-bit scale codes, one group per
+/// super-group) holding `T`, with `edit` applied to its metadata and tensors.
+fn packed_v2(path: &Path, edit: impl FnOnce(&mut Value, &mut Vec<Tn>)) -> PathBuf {
+    packed(path, |m, pieces| {
+        m["format"] = json!(2);
+        m["tensors"][T]["scale_bits"] = json!(4);
+        m["tensors"][T]["super_group"] = json!(1);
+        pieces[0] = tn(&format!("{T}.scales"), "U8", &[2, 1], vec![3, 5]);
+        pieces.push(tn(
+            &format!("{T}.super_scales"),
+            "F16",
+            &[2, 1],
+            f16_bytes(&[0.01, 0.02]),
+        ));
+        edit(m, pieces)
+    })
+}
+
 // ---------------------------------------------------------------------------
 // The sandbox, snapshots and commands
 // ---------------------------------------------------------------------------
@@ -1079,9 +1097,37 @@ rejected! {
         &["`shrinkray` metadata is not valid"],
         |d| Setup::new(packed(&d.at("q.safetensors"), |m, _| *m = json!("{\"format\": 1, tensors"))))
         .tensor(Named("__metadata__")),
-    packed_format_version_2 => case(PACKED,
-        &["packed format version 2 is not supported"],
-        |d| Setup::new(packed(&d.at("q.safetensors"), |m, _| m["format"] = json!(2)))),
+    packed_format_version_3 => case(PACKED,
+        &["packed format version 3 is not supported", "versions 1 and 2"],
+        |d| Setup::new(packed(&d.at("q.safetensors"), |m, _| m["format"] = json!(3)))),
+    packed_v1_with_double_quantized_scales => case(PACKED,
+        &["packed format version 1 has no double-quantized scales", T],
+        |d| Setup::new(packed_v2(&d.at("q.safetensors"), |m, _| m["format"] = json!(1))))
+        .tensor(Named("__metadata__")),
+    packed_v2_super_scales_missing => case(PACKED,
+        &[".super_scales` is missing from this file"],
+        |d| Setup::new(packed_v2(&d.at("q.safetensors"), |_, p| { p.pop(); })))
+        .tensor(Named(T)),
+    packed_v2_scale_bits_out_of_range => case(PACKED,
+        &["unknown quantization", "scale_bits=Some(9)"],
+        |d| Setup::new(packed_v2(&d.at("q.safetensors"), |m, _| m["tensors"][T]["scale_bits"] = json!(9))))
+        .tensor(Named(T)),
+    packed_v2_super_group_without_scale_bits => case(PACKED,
+        &["unknown quantization", "scale_bits=None"],
+        |d| Setup::new(packed_v2(&d.at("q.safetensors"), |m, _| m["tensors"][T]["scale_bits"] = Value::Null)))
+        .tensor(Named(T)),
+    packed_v2_scale_codes_not_u8 => case(PACKED,
+        &[".scales` is F16 [2, 1], the format says U8 [2, 1]"],
+        |d| Setup::new(packed_v2(&d.at("q.safetensors"), |_, p| {
+            p[0] = tn(&format!("{T}.scales"), "F16", &[2, 1], f16_bytes(&[0.01, 0.02]));
+        })))
+        .tensor(Named(T)),
+    packed_v1_with_super_scales => case(PACKED,
+        &[".super_scales` present without `scale_bits`"],
+        |d| Setup::new(packed(&d.at("q.safetensors"), |_, p| {
+            p.push(tn(&format!("{T}.super_scales"), "F16", &[2, 1], f16_bytes(&[0.01, 0.02])));
+        })))
+        .tensor(Named(T)),
     packed_group_size_zero => case(PACKED,
         &["unknown quantization", "group_size=0"],
         |d| Setup::new(packed(&d.at("q.safetensors"), |m, _| m["tensors"][T]["group_size"] = json!(0))))

@@ -29,7 +29,7 @@ fn run(isa: Isa, f: &QuantFormat, k: usize, src: Src<'_>) -> Out {
         f,
         k,
         src,
-        RowsOut {
+        RowsOut { super_scales: &mut [], super_mins: &mut [],
             codes: &mut o.codes,
             scales: &mut o.scales,
             mins: &mut o.mins,
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         0 => 16 * (1 + (head[2] as usize >> 2) % 16),
         _ => 1 + head[2] as usize % 97,
     };
-    let f = QuantFormat {
+    let f = QuantFormat { dq: None,
         scheme,
         group,
         scale_dtype,

@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 mod arch;
+pub mod dq;
 pub mod ggml;
 pub mod mlx;
 pub mod scalar;
@@ -128,8 +129,29 @@ pub struct QuantFormat {
     pub scheme: Scheme,
     /// Elements per group along a row (at least 1); the last group of a row may be shorter.
     pub group: usize,
-    /// Type of the stored scales and mins.
+    /// Type of the stored scales and mins (with [`QuantFormat::dq`]: of the super-group factors).
     pub scale_dtype: ScaleDtype,
+    /// Double quantization: scales and mins stored as low-bit codes of
+    /// per-super-group factors (packed format version 2), or `None` (version 1).
+    pub dq: Option<DoubleQuant>,
+}
+
+/// Double quantization of a tensor's scales and mins ([`dq`], format version 2).
+///
+/// Each group's scale is stored as a `bits`-bit code times its super-group's
+/// scale factor, each min as minus a `bits`-bit code times the super-group's
+/// min factor; the factors are stored in the tensor's scale dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DoubleQuant {
+    /// Bits per scale code and per min code, 2 to 8.
+    pub bits: u32,
+    /// Groups per super-group (at least 1); a super-group never spans two rows.
+    pub groups: usize,
+}
+
+impl DoubleQuant {
+    /// The allowed code widths.
+    pub const BITS: std::ops::RangeInclusive<u32> = 2..=8;
 }
 
 impl QuantFormat {
@@ -146,9 +168,41 @@ impl QuantFormat {
         }
     }
 
-    /// Bytes of scales in a row of `k` elements.
+    /// Bytes of scales in a row of `k` elements (packed scale codes with double quantization).
     pub fn scale_bytes_per_row(&self, k: usize) -> usize {
-        self.groups_per_row(k) * self.scale_dtype.size()
+        match self.dq {
+            None => self.groups_per_row(k) * self.scale_dtype.size(),
+            Some(d) => (self.groups_per_row(k) * d.bits as usize).div_ceil(8),
+        }
+    }
+
+    /// Super-groups in a row of `k` elements (0 without double quantization).
+    pub fn supers_per_row(&self, k: usize) -> usize {
+        self.dq
+            .map_or(0, |d| self.groups_per_row(k).div_ceil(d.groups))
+    }
+
+    /// Bytes of super-group scale factors in a row of `k` elements (0 without double quantization).
+    pub fn super_bytes_per_row(&self, k: usize) -> usize {
+        self.supers_per_row(k) * self.scale_dtype.size()
+    }
+
+    /// Bytes of super-group min factors in a row (0 for symmetric schemes or without double quantization).
+    pub fn super_min_bytes_per_row(&self, k: usize) -> usize {
+        if self.scheme.symmetric() {
+            0
+        } else {
+            self.super_bytes_per_row(k)
+        }
+    }
+
+    /// Bytes of everything stored for a row of `k` elements.
+    pub fn bytes_per_row(&self, k: usize) -> usize {
+        self.code_bytes_per_row(k)
+            + self.scale_bytes_per_row(k)
+            + self.min_bytes_per_row(k)
+            + self.super_bytes_per_row(k)
+            + self.super_min_bytes_per_row(k)
     }
 
     /// Bytes of mins in a row of `k` elements (0 for symmetric schemes).
@@ -170,6 +224,10 @@ pub struct RowsOut<'a> {
     pub scales: &'a mut [u8],
     /// Encoded mins: rows × `min_bytes_per_row` (empty for symmetric schemes).
     pub mins: &'a mut [u8],
+    /// Super-group scale factors: rows × `super_bytes_per_row` (empty without double quantization).
+    pub super_scales: &'a mut [u8],
+    /// Super-group min factors: rows × `super_min_bytes_per_row`.
+    pub super_mins: &'a mut [u8],
 }
 
 /// Reconstruction-error statistics gathered while quantizing.
@@ -372,6 +430,9 @@ pub fn quantize_rows(
     src: Src<'_>,
     out: RowsOut<'_>,
 ) -> ErrorStats {
+    if fmt.dq.is_some() {
+        return quantize_rows_by(isa, Method::Rtn, fmt, k, src, out);
+    }
     match isa {
         Isa::Scalar => match src {
             Src::F32(x) => scalar::quantize_rows(fmt, k, x, out),
@@ -415,6 +476,14 @@ pub fn quantize_rows_by(
     src: Src<'_>,
     out: RowsOut<'_>,
 ) -> ErrorStats {
+    if fmt.dq.is_some() {
+        // Double quantization has the scalar specification only, so far.
+        return match src {
+            Src::F32(x) => dq::quantize_rows(method, fmt, k, x, out),
+            Src::F16(x) => dq::quantize_rows(method, fmt, k, x, out),
+            Src::BF16(x) => dq::quantize_rows(method, fmt, k, x, out),
+        };
+    }
     match method {
         Method::Rtn => quantize_rows(isa, fmt, k, src, out),
         Method::Search => match src {

@@ -330,6 +330,7 @@ pub(crate) fn check_sizes(fmt: &QuantFormat, k: usize, len: usize, out: &RowsOut
     assert!(fmt.group > 0, "group size must be at least 1");
     if len == 0 {
         assert!(out.codes.is_empty() && out.scales.is_empty() && out.mins.is_empty());
+        assert!(out.super_scales.is_empty() && out.super_mins.is_empty());
         return 0;
     }
     assert!(k > 0 && len % k == 0, "src is not whole rows of {k}");
@@ -348,6 +349,16 @@ pub(crate) fn check_sizes(fmt: &QuantFormat, k: usize, len: usize, out: &RowsOut
         out.mins.len(),
         rows * fmt.min_bytes_per_row(k),
         "mins slice size"
+    );
+    assert_eq!(
+        out.super_scales.len(),
+        rows * fmt.super_bytes_per_row(k),
+        "super scales slice size"
+    );
+    assert_eq!(
+        out.super_mins.len(),
+        rows * fmt.super_min_bytes_per_row(k),
+        "super mins slice size"
     );
     rows
 }
@@ -462,6 +473,7 @@ mod tests {
 
     fn fmt(scheme: Scheme, group: usize) -> QuantFormat {
         QuantFormat {
+            dq: None,
             scheme,
             group,
             scale_dtype: ScaleDtype::F32,
@@ -479,6 +491,8 @@ mod tests {
             k,
             x,
             RowsOut {
+                super_scales: &mut [],
+                super_mins: &mut [],
                 codes: &mut codes,
                 scales: &mut scales,
                 mins: &mut mins,
@@ -567,6 +581,8 @@ mod tests {
             3,
             &x,
             RowsOut {
+                super_scales: &mut [],
+                super_mins: &mut [],
                 codes: &mut codes,
                 scales: &mut scales,
                 mins: &mut mins,
@@ -604,6 +620,7 @@ mod tests {
     #[test]
     fn f16_overflow_saturates_and_is_flagged() {
         let f = QuantFormat {
+            dq: None,
             scheme: Scheme::Int8Sym,
             group: 2,
             scale_dtype: ScaleDtype::F16,
@@ -614,6 +631,8 @@ mod tests {
             2,
             &[1e7, 1.0],
             RowsOut {
+                super_scales: &mut [],
+                super_mins: &mut [],
                 codes: &mut [0; 2],
                 scales: &mut scales,
                 mins: &mut [],
@@ -629,6 +648,7 @@ mod tests {
     #[test]
     fn tiny_groups_get_zero_scale_and_are_flagged() {
         let f = QuantFormat {
+            dq: None,
             scheme: Scheme::Int4Sym,
             group: 2,
             scale_dtype: ScaleDtype::F16,
@@ -639,6 +659,8 @@ mod tests {
             2,
             &[1e-9, -1e-9],
             RowsOut {
+                super_scales: &mut [],
+                super_mins: &mut [],
                 codes: &mut [0; 1],
                 scales: &mut scales,
                 mins: &mut [],

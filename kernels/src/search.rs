@@ -1,133 +1,293 @@
 //! Error-minimising choice of each group's scale and min (`--optimize
-//! search`): the same packed format and decoder as round-to-nearest (RTN),
-//! only the stored parameters differ. This scalar code is the specification;
-//! every ISA runs it (the result is bit-identical by construction).
+//! search`): the same packed format and decoders as round-to-nearest (RTN),
+//! only the stored parameters differ. Calibration-free: weights only.
 //!
-//! Per group, with `lo`/`hi` its smallest and largest value and `r = hi − lo`:
-//! 1. Candidates are clipped ranges given to the RTN parameter rule
-//!    ([`params_from_range`]), so every candidate is stored exactly as RTN
-//!    stores its own: RTN itself (no clipping), the top clipped by
-//!    `r·i/32`, the bottom clipped by `r·i/32`, and both, for `i = 1..=8`
-//!    (symmetric schemes: the range scaled by `1 − i/32`, `i = 1..=12`).
-//! 2. Each candidate is scored by the exact squared error of the group as a
-//!    reader decodes it with the stored parameters; the first lowest wins.
-//! 3. The winner's codes are refitted by least squares (`x ≈ s·c + m`, or
-//!    `x ≈ s·c` for symmetric schemes); the refit, its scale and min rounded
-//!    to nearest in the scale dtype, replaces the winner if its exact error is
-//!    lower, and the refit is repeated on the new codes (up to 4 rounds).
+//! Per group of finite values `x` (NaN/±Inf read as 0), with `L` the largest
+//! code step count (15 for int4-asym, 8 for int4, 255, 127):
+//! 1. RTN fixes a base `b` (its min, or 0 when symmetric) and an extent
+//!    `e = L·s₀` (its scale times `L`; signed for int4 so that the larger
+//!    extreme maps to code −8).
+//! 2. For the [`CANDIDATES`] inverse scales `invᵢ = (L − 1 + i/5) / e`,
+//!    `i = 0..=10`, the codes `q = clamp(round((x − b)·invᵢ))` are refitted
+//!    by least squares, `x ≈ s·q + m` (symmetric: `x ≈ s·q`), from the sums
+//!    Σq, Σq², Σxq, Σx, Σx² ([`Sums::fit`]); each fit is scored by its squared
+//!    error computed from the same sums ([`Sums::err`]).
+//! 3. RTN's own parameters, scored the same way on RTN's codes, stand unless
+//!    a candidate is strictly lower; the first lowest wins.
 //!
-//! So the stored error is never above RTN's. NaN/±Inf are read as 0 (and
-//! counted) as in RTN.
+//! Everything is f32 in a fixed order, so that SIMD kernels give the same
+//! bits: a sum over a group adds element `j` to lane `j mod 8` in turn and
+//! combines the lanes as `((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7))` ([`lane_sum`]);
+//! the fit and the error are evaluated left to right as written.
+//!
+//! Version-1 files store the fit rounded to the scale dtype
+//! ([`quantize_rows`]); with double quantization the fit goes through
+//! [`crate::dq`].
 
 use crate::scalar::{
-    check_sizes, code, count_nonfinite, decode, finite_or_zero, params_from_range,
-    params_from_scale_min, put_params, quantize_span, Element, GroupParams,
+    check_sizes, count_nonfinite, finite_or_zero, params_from_scale_min, put_params, quantize_span,
+    Element, GroupParams,
 };
 use crate::{ErrorStats, QuantFormat, RowsOut, Scheme};
 
-/// Rounds of least-squares refitting.
-const REFITS: usize = 4;
+/// Lanes of the summation order every kernel follows (one AVX2 register of f32).
+pub const LANES: usize = 8;
 
-/// Exact squared error of `x` quantized and decoded with `p`.
-fn sse(scheme: Scheme, p: &GroupParams, x: &[f32]) -> f64 {
-    x.iter()
-        .map(|&v| {
-            let e = (v - decode(scheme, p, code(scheme, p, v))) as f64;
-            e * e
-        })
-        .sum()
+/// Candidate inverse scales per group (besides round-to-nearest's own).
+pub const CANDIDATES: usize = 11;
+
+/// The numerator of candidate `i`'s inverse scale: `L − 1 + i/5`, in f32.
+#[inline(always)]
+pub fn candidate_steps(levels: f32, i: usize) -> f32 {
+    (levels - 1.0) + i as f32 * 0.2
 }
 
-/// The chosen parameters of one group of finite values `x`.
-pub fn search_params(fmt: &QuantFormat, x: &[f32]) -> GroupParams {
-    let (scheme, dt) = (fmt.scheme, fmt.scale_dtype);
-    let lo = x.iter().copied().fold(f32::INFINITY, f32::min);
-    let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let (lo, hi) = if x.is_empty() { (0.0, 0.0) } else { (lo, hi) };
-    let mut best = params_from_range(scheme, dt, lo, hi);
-    let mut best_err = sse(scheme, &best, x);
-    if hi <= lo || best_err == 0.0 {
-        return best;
+/// Sums `terms` in the kernels' order: term `j` is added to lane `j % 8` in
+/// turn, then the lanes are combined as `((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7))`.
+#[inline(always)]
+pub fn lane_sum(terms: impl Iterator<Item = f32>) -> f32 {
+    let mut l = [0.0f32; LANES];
+    for (j, t) in terms.enumerate() {
+        l[j % LANES] += t;
     }
-    let consider = |p: GroupParams, best: &mut GroupParams, best_err: &mut f64| {
-        if p.overflowed || p.zeroed {
-            return;
-        }
-        let e = sse(scheme, &p, x);
-        if e < *best_err {
-            *best = p;
-            *best_err = e;
-        }
-    };
-    let r = hi - lo;
-    if scheme.symmetric() {
-        for i in 1..=12 {
-            let f = 1.0 - i as f32 / 32.0;
-            consider(
-                params_from_range(scheme, dt, lo * f, hi * f),
-                &mut best,
-                &mut best_err,
-            );
-        }
+    combine_lanes(&l)
+}
+
+/// The lane combination of [`lane_sum`].
+#[inline(always)]
+pub fn combine_lanes(l: &[f32; LANES]) -> f32 {
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+}
+
+/// The step count `L` of a scheme: codes span `L` steps of the scale from the base.
+pub fn levels(scheme: Scheme) -> f32 {
+    match scheme {
+        Scheme::Int8Sym => 127.0,
+        Scheme::Int8Asym => 255.0,
+        Scheme::Int4Sym => 8.0,
+        Scheme::Int4Asym => 15.0,
+    }
+}
+
+/// The code range of a scheme's elements (signed for symmetric schemes), as f32.
+pub fn code_range(scheme: Scheme) -> (f32, f32) {
+    match scheme {
+        Scheme::Int8Sym => (-127.0, 127.0),
+        Scheme::Int4Sym => (-8.0, 7.0),
+        Scheme::Int8Asym => (0.0, 255.0),
+        Scheme::Int4Asym => (0.0, 15.0),
+    }
+}
+
+/// A group's real-valued scale and min (before rounding to a stored form).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fit {
+    /// Scale (int4: signed, so that the larger extreme maps to code −8).
+    pub scale: f32,
+    /// Min (0 for symmetric schemes).
+    pub min: f32,
+}
+
+/// Round-to-nearest's real-valued parameters of a group of finite values.
+/// With `nonpositive_min` the range is widened to include 0 (double
+/// quantization stores mins as `−code·factor`).
+pub fn fit_rtn(scheme: Scheme, x: &[f32], nonpositive_min: bool) -> Fit {
+    let start = if nonpositive_min || x.is_empty() {
+        (0.0f32, 0.0f32)
     } else {
-        for i in 1..=8 {
-            let d = r * i as f32 / 32.0;
-            for (a, b) in [(lo, hi - d), (lo + d, hi), (lo + d, hi - d)] {
-                consider(
-                    params_from_range(scheme, dt, a, b),
-                    &mut best,
-                    &mut best_err,
-                );
-            }
+        (f32::INFINITY, f32::NEG_INFINITY)
+    };
+    let (lo, hi) = x.iter().fold(start, |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    // −0 and +0 compare equal, so the reductions may return either: make zeros +0.
+    let (lo, hi) = (lo + 0.0, hi + 0.0);
+    match scheme {
+        Scheme::Int8Sym => Fit {
+            scale: hi.max(-lo) / 127.0,
+            min: 0.0,
+        },
+        Scheme::Int4Sym => Fit {
+            scale: if hi >= -lo { hi } else { lo } / -8.0,
+            min: 0.0,
+        },
+        _ => Fit {
+            scale: (hi - lo) / levels(scheme),
+            min: lo,
+        },
+    }
+}
+
+/// A group's sums for least-squares fits `x ≈ s·q + m` of codes `q`, in f32
+/// and in the order of [`lane_sum`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sums {
+    /// Elements.
+    pub n: f32,
+    /// Σx.
+    pub x: f32,
+    /// Σx².
+    pub x2: f32,
+    /// Σq.
+    pub q: f32,
+    /// Σq².
+    pub q2: f32,
+    /// Σx·q.
+    pub xq: f32,
+}
+
+impl Sums {
+    /// The sums of `x` alone (Σq, Σq², Σxq left 0).
+    pub fn of(x: &[f32]) -> Sums {
+        Sums {
+            n: x.len() as f32,
+            x: lane_sum(x.iter().copied()),
+            x2: lane_sum(x.iter().map(|&v| v * v)),
+            ..Sums::default()
         }
     }
-    // Least-squares refits of the winner's codes (each round refits the codes
-    // of the current best; a round that does not improve ends the search).
-    for _ in 0..REFITS {
-        let before = best_err;
-        let levels: Vec<f64> = x
-            .iter()
-            .map(|&v| {
-                let c = code(scheme, &best, v);
-                match scheme {
-                    Scheme::Int8Sym => (c as i8) as f64,
-                    Scheme::Int4Sym => c as f64 - 8.0,
-                    _ => c as f64,
-                }
-            })
-            .collect();
-        let n = x.len() as f64;
-        let (sl, sl2) = levels
-            .iter()
-            .fold((0.0, 0.0), |(a, b), &l| (a + l, b + l * l));
-        let sx: f64 = x.iter().map(|&v| v as f64).sum();
-        let sxl: f64 = x.iter().zip(&levels).map(|(&v, &l)| v as f64 * l).sum();
-        let refit = if scheme.symmetric() {
-            (sl2 > 0.0).then(|| ((sxl / sl2) as f32, 0.0))
+
+    /// Squared error of `x ≈ s·q + m` from the sums, evaluated left to right
+    /// in f32: `Σx² − 2s·Σxq − 2m·Σx + s²·Σq² + 2sm·Σq + n·m²`.
+    #[inline(always)]
+    pub fn err(&self, s: f32, m: f32) -> f32 {
+        let t = self.x2 - 2.0 * s * self.xq;
+        let t = t - 2.0 * m * self.x;
+        let t = t + s * s * self.q2;
+        let t = t + 2.0 * s * m * self.q;
+        t + self.n * m * m
+    }
+
+    /// The least-squares scale and min of these codes, or `None` when the
+    /// codes do not determine a usable one. Symmetric: the min is 0. With
+    /// `nonpositive_min`, a positive min is replaced by 0 and the scale refitted.
+    #[inline(always)]
+    pub fn fit(&self, sym: bool, nonpositive_min: bool) -> Option<(f32, f32)> {
+        let scale_only = || (self.q2 > 0.0).then(|| (self.xq / self.q2, 0.0));
+        let (s, m) = if sym {
+            scale_only()?
         } else {
-            let d = n * sl2 - sl * sl;
-            (d > 0.0).then(|| {
-                let s = (n * sxl - sl * sx) / d;
-                let m = (sl2 * sx - sl * sxl) / d;
-                (s as f32, m as f32)
-            })
+            let d = self.n * self.q2 - self.q * self.q;
+            if d <= 0.0 {
+                return None;
+            }
+            let s = (self.n * self.xq - self.q * self.x) / d;
+            let m = (self.q2 * self.x - self.q * self.xq) / d;
+            if nonpositive_min && m > 0.0 {
+                scale_only()?
+            } else {
+                (s, m)
+            }
         };
-        if let Some((s, m)) = refit.filter(|(s, m)| s.is_finite() && m.is_finite() && *s != 0.0) {
-            consider(
-                params_from_scale_min(scheme, dt, s, m),
-                &mut best,
-                &mut best_err,
-            );
+        (s.is_finite() && m.is_finite() && s != 0.0 && (sym || s > 0.0)).then_some((s, m))
+    }
+}
+
+/// Adds to `whole` (the sums of `x` alone) the code sums of `x` under each
+/// inverse scale of `invs`, codes `clamp(round((x − base)·inv))`, into `out`.
+///
+/// This is the hot loop of the search: every ISA must give the same bits.
+pub fn code_sums(
+    scheme: Scheme,
+    x: &[f32],
+    base: f32,
+    invs: &[f32],
+    whole: &Sums,
+    out: &mut [Sums],
+) {
+    let (qlo, qhi) = code_range(scheme);
+    for (o, &inv) in out.iter_mut().zip(invs) {
+        let (mut q, mut q2, mut xq) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+        for (j, &v) in x.iter().enumerate() {
+            let c = ((v - base) * inv).round_ties_even().clamp(qlo, qhi);
+            let l = j % LANES;
+            q[l] += c;
+            q2[l] += c * c;
+            xq[l] += v * c;
         }
-        if best_err >= before {
-            break;
+        *o = Sums {
+            q: combine_lanes(&q),
+            q2: combine_lanes(&q2),
+            xq: combine_lanes(&xq),
+            ..*whole
+        };
+    }
+}
+
+/// A group's fit with the sums of the codes it was fitted to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SearchFit {
+    /// Scale and min.
+    pub fit: Fit,
+    /// Sums of the winning candidate's codes (round-to-nearest's when it stands).
+    pub sums: Sums,
+}
+
+/// The error-minimising fit of a group of finite values (module documentation).
+pub fn fit_search(scheme: Scheme, x: &[f32], nonpositive_min: bool) -> SearchFit {
+    let rtn = fit_rtn(scheme, x, nonpositive_min);
+    let whole = Sums::of(x);
+    if rtn.scale == 0.0 {
+        return SearchFit {
+            fit: rtn,
+            sums: whole,
+        };
+    }
+    let sym = scheme.symmetric();
+    let l = levels(scheme);
+    let extent = rtn.scale * l;
+    let mut invs = [0.0f32; CANDIDATES + 1];
+    invs[0] = 1.0 / rtn.scale;
+    for (i, inv) in invs[1..].iter_mut().enumerate() {
+        *inv = candidate_steps(l, i) / extent;
+    }
+    let mut sums = [Sums::default(); CANDIDATES + 1];
+    code_sums(scheme, x, rtn.min, &invs, &whole, &mut sums);
+    let mut best = SearchFit {
+        fit: rtn,
+        sums: sums[0],
+    };
+    let mut best_err = sums[0].err(rtn.scale, rtn.min);
+    for s in &sums[1..] {
+        if let Some((scale, min)) = s.fit(sym, nonpositive_min) {
+            let e = s.err(scale, min);
+            if e < best_err {
+                best_err = e;
+                best = SearchFit {
+                    fit: Fit { scale, min },
+                    sums: *s,
+                };
+            }
         }
     }
     best
 }
 
+/// The parameters stored for a group of finite values in a version-1 file:
+/// the fit of [`fit_search`] rounded to nearest in the scale dtype, then one
+/// refinement: the codes rounded again with them are refitted, and the refit
+/// (rounded) replaces them when it scores lower on those codes. A constant or
+/// empty group gets round-to-nearest's exact parameters.
+pub fn stored_fit(fmt: &QuantFormat, x: &[f32]) -> GroupParams {
+    let (scheme, dt) = (fmt.scheme, fmt.scale_dtype);
+    let SearchFit { fit: f, sums } = fit_search(scheme, x, false);
+    if f.scale == 0.0 {
+        return crate::scalar::group_params(scheme, dt, x);
+    }
+    let p = params_from_scale_min(scheme, dt, f.scale, f.min);
+    let mut s2 = [Sums::default()];
+    code_sums(scheme, x, p.min, &[p.inv], &sums, &mut s2);
+    let refit = s2[0]
+        .fit(scheme.symmetric(), false)
+        .map(|(scale, min)| params_from_scale_min(scheme, dt, scale, min))
+        .filter(|q| !q.overflowed && !q.zeroed && q.scale != 0.0);
+    match refit {
+        Some(q) if s2[0].err(q.scale, q.min) < s2[0].err(p.scale, p.min) => q,
+        _ => p,
+    }
+}
+
 /// Quantizes whole rows like [`crate::scalar::quantize_rows`], with each
-/// group's parameters from [`search_params`]. Same contract and output format.
+/// group's scale and min from [`fit_search`] rounded to nearest in the scale
+/// dtype (saturating and flagged like RTN's). Same contract and output format.
 pub fn quantize_rows<T: Element>(
     fmt: &QuantFormat,
     k: usize,
@@ -144,7 +304,7 @@ pub fn quantize_rows<T: Element>(
             let group = &row[start..(start + fmt.group).min(k)];
             buf.clear();
             buf.extend(group.iter().map(|v| finite_or_zero(v.to_f32())));
-            let p = search_params(fmt, &buf);
+            let p = stored_fit(fmt, &buf);
             put_params(fmt, k, &mut out, r, gi, &p);
             stats.overflowed_groups += p.overflowed as u64;
             stats.zeroed_groups += p.zeroed as u64;
@@ -160,8 +320,18 @@ pub fn quantize_rows<T: Element>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scalar::group_params;
+    use crate::scalar::{code, decode, group_params};
     use crate::ScaleDtype;
+
+    /// Exact squared error of `x` quantized and decoded with `p`.
+    fn sse(scheme: Scheme, p: &GroupParams, x: &[f32]) -> f64 {
+        x.iter()
+            .map(|&v| {
+                let e = (v - decode(scheme, p, code(scheme, p, v))) as f64;
+                e * e
+            })
+            .sum()
+    }
 
     /// A deterministic stream of roughly normal values (sum of uniforms).
     fn normals(n: usize, seed: u64) -> Vec<f32> {
@@ -177,11 +347,52 @@ mod tests {
             .collect()
     }
 
+    fn searched(fmt: &QuantFormat, x: &[f32]) -> GroupParams {
+        stored_fit(fmt, x)
+    }
+
     #[test]
-    fn never_worse_than_round_to_nearest_and_better_on_gaussian_groups() {
+    fn lane_sum_is_the_documented_order() {
+        let t: Vec<f32> = (0..19).map(|i| 1.0 + i as f32 * 1e-7).collect();
+        let mut l = [0.0f32; 8];
+        for (j, v) in t.iter().enumerate() {
+            l[j % 8] += v;
+        }
+        let want = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+        assert_eq!(lane_sum(t.iter().copied()).to_bits(), want.to_bits());
+    }
+
+    #[test]
+    fn sums_error_matches_the_direct_error_of_the_same_codes() {
+        for scheme in Scheme::ALL {
+            let x = normals(64, 3);
+            let rtn = fit_rtn(scheme, &x, false);
+            let inv = 1.0 / rtn.scale;
+            let mut s = [Sums::default()];
+            code_sums(scheme, &x, rtn.min, &[inv], &Sums::of(&x), &mut s);
+            let (qlo, qhi) = code_range(scheme);
+            let direct: f64 = x
+                .iter()
+                .map(|&v| {
+                    let q = ((v - rtn.min) * inv).round_ties_even().clamp(qlo, qhi);
+                    let e = v as f64 - (rtn.scale as f64 * q as f64 + rtn.min as f64);
+                    e * e
+                })
+                .sum();
+            let from_sums = s[0].err(rtn.scale, rtn.min) as f64;
+            assert!(
+                (from_sums - direct).abs() <= 1e-3 * s[0].x2 as f64,
+                "{scheme}: {from_sums} vs {direct}"
+            );
+        }
+    }
+
+    #[test]
+    fn better_than_round_to_nearest_on_gaussian_groups() {
         for scheme in Scheme::ALL {
             for dt in [ScaleDtype::F16, ScaleDtype::BF16, ScaleDtype::F32] {
                 let fmt = QuantFormat {
+                    dq: None,
                     scheme,
                     group: 64,
                     scale_dtype: dt,
@@ -189,17 +400,17 @@ mod tests {
                 let (mut rtn, mut found) = (0.0, 0.0);
                 for seed in 0..200 {
                     let x = normals(64, seed);
-                    let e_rtn = sse(scheme, &group_params(scheme, dt, &x), &x);
-                    let e = sse(scheme, &search_params(&fmt, &x), &x);
-                    assert!(e <= e_rtn, "{scheme} {dt} seed {seed}: {e} > {e_rtn}");
-                    rtn += e_rtn;
-                    found += e;
+                    rtn += sse(scheme, &group_params(scheme, dt, &x), &x);
+                    found += sse(scheme, &searched(&fmt, &x), &x);
                 }
                 eprintln!("{scheme} {dt}: squared error {:.4} of RTN's", found / rtn);
-                // At 4 bits the search must find a real gain on Gaussian groups.
-                if scheme.bits() == 4 {
-                    assert!(found < 0.95 * rtn, "{scheme} {dt}: {found} vs {rtn}");
-                }
+                let want = match (scheme.bits(), dt) {
+                    // BF16 keeps 8 bits of a scale: its rounding eats part of the gain.
+                    (4, ScaleDtype::BF16) => 0.97,
+                    (4, _) => 0.9,
+                    _ => 1.0,
+                };
+                assert!(found < want * rtn, "{scheme} {dt}: {found} vs {rtn}");
             }
         }
     }
@@ -208,15 +419,16 @@ mod tests {
     fn constant_zero_and_tiny_groups_are_exact_as_in_rtn() {
         for scheme in Scheme::ALL {
             let fmt = QuantFormat {
+                dq: None,
                 scheme,
                 group: 8,
                 scale_dtype: ScaleDtype::F16,
             };
             for x in [[0.0f32; 8], [0.375; 8], [-2.5; 8]] {
-                let p = search_params(&fmt, &x);
+                let p = searched(&fmt, &x);
                 assert_eq!(
-                    p,
-                    group_params(scheme, ScaleDtype::F16, &x),
+                    sse(scheme, &p, &x),
+                    sse(scheme, &group_params(scheme, ScaleDtype::F16, &x), &x),
                     "{scheme} {x:?}"
                 );
             }

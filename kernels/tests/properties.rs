@@ -95,13 +95,13 @@ proptest! {
     /// Quantizing the reconstruction gives the same codes (F32 scales: no scale rounding).
     #[test]
     fn requantizing_the_reconstruction_is_idempotent(s in scheme(), x in values(200), g in 1usize..80) {
-        let f = QuantFormat { scheme: s, group: g, scale_dtype: ScaleDtype::F32 };
+        let f = QuantFormat { dq: None, scheme: s, group: g, scale_dtype: ScaleDtype::F32 };
         let k = x.len();
         let run = |src: &[f32]| {
             let mut c = vec![0u8; f.code_bytes_per_row(k)];
             let mut sc = vec![0u8; f.scale_bytes_per_row(k)];
             let mut m = vec![0u8; f.min_bytes_per_row(k)];
-            quantize_rows(&f, k, src, RowsOut { codes: &mut c, scales: &mut sc, mins: &mut m });
+            quantize_rows(&f, k, src, RowsOut { super_scales: &mut [], super_mins: &mut [], codes: &mut c, scales: &mut sc, mins: &mut m });
             (c, sc, m)
         };
         let (c1, _, _) = run(&x);
@@ -121,14 +121,14 @@ proptest! {
         let rows = x.len() / k;
         prop_assume!(rows >= 1);
         let x = &x[..rows * k];
-        let f = QuantFormat { scheme: s, group: g, scale_dtype: dt };
+        let f = QuantFormat { dq: None, scheme: s, group: g, scale_dtype: dt };
         let (cb, sb, mb) = (f.code_bytes_per_row(k), f.scale_bytes_per_row(k), f.min_bytes_per_row(k));
         let mut all = (vec![0u8; rows * cb], vec![0u8; rows * sb], vec![0u8; rows * mb]);
-        let st = quantize_rows(&f, k, x, RowsOut { codes: &mut all.0, scales: &mut all.1, mins: &mut all.2 });
+        let st = quantize_rows(&f, k, x, RowsOut { super_scales: &mut [], super_mins: &mut [], codes: &mut all.0, scales: &mut all.1, mins: &mut all.2 });
         let mut sum = 0.0;
         for r in 0..rows {
             let mut one = (vec![0u8; cb], vec![0u8; sb], vec![0u8; mb]);
-            let s1 = quantize_rows(&f, k, &x[r * k..(r + 1) * k], RowsOut { codes: &mut one.0, scales: &mut one.1, mins: &mut one.2 });
+            let s1 = quantize_rows(&f, k, &x[r * k..(r + 1) * k], RowsOut { super_scales: &mut [], super_mins: &mut [], codes: &mut one.0, scales: &mut one.1, mins: &mut one.2 });
             prop_assert_eq!(&all.0[r * cb..(r + 1) * cb], &one.0[..]);
             prop_assert_eq!(&all.1[r * sb..(r + 1) * sb], &one.1[..]);
             prop_assert_eq!(&all.2[r * mb..(r + 1) * mb], &one.2[..]);

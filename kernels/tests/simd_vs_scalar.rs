@@ -87,6 +87,8 @@ fn run(isa: Isa, f: &QuantFormat, k: usize, src: Src<'_>) -> Out {
         k,
         src,
         RowsOut {
+            super_scales: &mut [],
+            super_mins: &mut [],
             codes: &mut o.codes,
             scales: &mut o.scales,
             mins: &mut o.mins,
@@ -164,6 +166,7 @@ fn check_group(g: usize, max_len: usize) {
         for len in 0..=max_len {
             let kind = (len + scheme as usize) % PATTERNS;
             let f = QuantFormat {
+                dq: None,
                 scheme,
                 group: if g == 0 { len.max(1) } else { g },
                 scale_dtype: dts[(len / PATTERNS) % 3],
@@ -239,6 +242,7 @@ fn many_rows_and_long_rows() {
         let v = values(0, rows * k, g, &mut bits);
         for scheme in Scheme::ALL {
             let f = QuantFormat {
+                dq: None,
                 scheme,
                 group: g,
                 scale_dtype: ScaleDtype::F16,
@@ -268,6 +272,7 @@ fn batches_of_full_groups() {
                 for scheme in Scheme::ALL {
                     for dt in [ScaleDtype::F16, ScaleDtype::F32] {
                         let f = QuantFormat {
+                            dq: None,
                             scheme,
                             group: g,
                             scale_dtype: dt,
