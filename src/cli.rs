@@ -198,6 +198,12 @@ pub struct QuantizeArgs {
     /// as a BITS-bit code (2-8) of a per-super-group factor of --scale-dtype, as Q4_K does with 6.
     #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u32).range(2..=8))]
     pub scale_bits: Option<u32>,
+    /// Choose each tensor's format for this size, in bits per weight over all parameters
+    /// (kept tensors count, headers do not): from a fixed candidate set (README), the
+    /// allocation with the least parameter-weighted squared relative error, measured on
+    /// samples of each tensor with --optimize's method. --keep/--override fix tensors.
+    #[arg(long, value_name = "BPW", conflicts_with_all = ["scheme", "scale_bits"])]
+    pub target_bpw: Option<f64>,
     /// Groups per super-group with --scale-bits (a super-group never spans two rows).
     #[arg(long, value_name = "GROUPS", default_value_t = 8, requires = "scale_bits",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -354,8 +360,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if !packed && (a.optimize != Method::Rtn || a.compare.is_some()) {
                 bail!("--optimize and --compare apply to the packed safetensors format; GGUF and MLX are written with their reference rounding");
             }
-            if !packed && a.scale_bits.is_some() {
-                bail!("--scale-bits applies to the packed safetensors format; GGUF and MLX store their own scales");
+            if !packed && (a.scale_bits.is_some() || a.target_bpw.is_some()) {
+                bail!("--scale-bits and --target-bpw apply to the packed safetensors format; GGUF and MLX store their own scales");
             }
             let opts = QuantizeOptions {
                 rules: Rules {
@@ -387,6 +393,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 } else {
                     ReadMode::Map
                 },
+                target_bpw: a.target_bpw,
             };
             let report = if a.dry_run {
                 dry_run(&a.input, a.output.as_deref(), &opts)?

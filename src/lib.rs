@@ -12,6 +12,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("shrinkray reads and writes little-endian data in place and supports little-endian targets only");
 
+pub mod allocate;
 pub mod bench;
 pub mod checkpoint;
 pub mod decode;

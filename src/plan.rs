@@ -139,6 +139,9 @@ pub struct Rules {
     pub compare_rtn: bool,
     /// Double-quantized scales and mins for packed tensors (`--scale-bits`, format version 2).
     pub double_quant: Option<DoubleQuant>,
+    /// Per-tensor formats chosen by `--target-bpw` ([`crate::allocate`]); they
+    /// win over the default scheme and overrides, `--keep` wins over them.
+    pub assigned: BTreeMap<String, QuantFormat>,
 }
 
 impl Rules {
@@ -173,6 +176,7 @@ impl Default for Rules {
             optimize: Method::Rtn,
             compare_rtn: false,
             double_quant: None,
+            assigned: BTreeMap::new(),
         }
     }
 }
@@ -944,6 +948,13 @@ pub fn decide(t: &TensorEntry, rules: &Rules) -> Result<Action, String> {
             group: g,
             dtype,
         }));
+    }
+    if let Some(f) = rules.assigned.get(&t.name) {
+        let mut f = *f;
+        if rules.wide_scales.contains(&t.name) {
+            f.scale_dtype = ScaleDtype::F32;
+        }
+        return Ok(Action::Quantize(f));
     }
     Ok(Action::Quantize(QuantFormat {
         dq: rules.double_quant,

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use crate::allocate::{allocate, Allocation};
 use crate::checkpoint::{Checkpoint, ReadMode};
 use crate::engine::{self, Nonfinite, RunOutcome};
 use crate::plan::{weight_map, Plan, Rules};
@@ -28,6 +29,25 @@ pub struct QuantizeOptions {
     pub progress: bool,
     /// How input data is read (`--no-mmap`: plain reads).
     pub read_mode: ReadMode,
+    /// `--target-bpw`: choose each tensor's format for this budget ([`crate::allocate`]).
+    pub target_bpw: Option<f64>,
+}
+
+/// The rules of a run: `opts.rules`, with the formats `--target-bpw` chose
+/// (measured on samples of the tensors) when it is given.
+fn allocated_rules(
+    ckpt: &Checkpoint,
+    opts: &QuantizeOptions,
+) -> Result<(Rules, Option<Allocation>)> {
+    let mut rules = opts.rules.clone();
+    let Some(target) = opts.target_bpw else {
+        return Ok((rules, None));
+    };
+    let plan = Plan::build(ckpt, &rules)?;
+    let isa = isa()?;
+    let alloc = with_threads(opts.threads, || allocate(ckpt, &plan, &rules, target, isa))??;
+    rules.assigned = alloc.assigned(rules.scale_dtype);
+    Ok((rules, Some(alloc)))
 }
 
 /// The kernels to use: `SHRINKRAY_ISA` when set, else the fastest this CPU runs.
@@ -40,7 +60,8 @@ pub fn isa() -> Result<Isa> {
 /// When `output` is given, it is checked as a real run would check it.
 pub fn dry_run(input: &Path, output: Option<&Path>, opts: &QuantizeOptions) -> Result<Report> {
     let ckpt = Checkpoint::open_with(input, opts.read_mode)?;
-    let plan = Plan::build(&ckpt, &opts.rules)?;
+    let (rules, allocation) = allocated_rules(&ckpt, opts)?;
+    let plan = Plan::build(&ckpt, &rules)?;
     let names = shard_names(&plan);
     let mut warnings = Vec::new();
     if let Some(out) = output {
@@ -70,6 +91,7 @@ pub fn dry_run(input: &Path, output: Option<&Path>, opts: &QuantizeOptions) -> R
         thread_count(opts.threads),
     );
     report.warnings.extend(warnings);
+    report.allocation = allocation;
     Ok(report)
 }
 
@@ -78,7 +100,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
     let start = Instant::now();
     let isa = isa()?;
     let ckpt = Checkpoint::open_with(input, opts.read_mode)?;
-    let mut rules = opts.rules.clone();
+    let (mut rules, allocation) = allocated_rules(&ckpt, opts)?;
     let mut widened = Vec::new();
     let mut created = CreatedDir::default();
     // At most two passes: the second only when the first found tensors whose
@@ -157,6 +179,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         thread_count(opts.threads),
     );
     report.warnings.extend(widened.iter().map(|w| w.describe()));
+    report.allocation = allocation;
     created.keep();
     Ok(report)
 }

@@ -194,6 +194,8 @@ pub struct Report {
     pub scale_bits: Option<u32>,
     /// Double quantization: groups per super-group, or `null`.
     pub super_group: Option<usize>,
+    /// With `--target-bpw`: how the budget was allocated, and why.
+    pub allocation: Option<crate::allocate::Allocation>,
     /// The kernel path used.
     pub isa: String,
     /// Worker threads.
@@ -421,6 +423,7 @@ pub fn build(
         method: plan.rules.optimize.name().into(),
         scale_bits: plan.rules.double_quant.map(|d| d.bits),
         super_group: plan.rules.double_quant.map(|d| d.groups),
+        allocation: None,
         tensors: rows,
         elapsed_s: measured.map(|m| m.elapsed_s),
         throughput_gb_s: measured.map(|m| input_bytes as f64 / m.elapsed_s.max(1e-9) / 1e9),
@@ -471,21 +474,26 @@ impl Report {
         let mut out = String::new();
         let t = &self.totals;
         out.push_str(&format!(
-            "{} {}  (default {}, group {}, {}, {}; kernels: {}; {} thread{})\n\n",
+            "{} {}  ({}, {}; kernels: {}; {} thread{})\n\n",
             if self.dry_run {
                 "plan for"
             } else {
                 "quantized"
             },
             self.input,
-            self.scheme,
-            self.group_size,
-            match (self.scale_bits, self.super_group) {
-                (Some(b), Some(g)) => format!(
-                    "{b}-bit scale codes with {} factors per {g} groups",
-                    self.scale_dtype
+            match (&self.allocation, self.scale_bits, self.super_group) {
+                (Some(a), _, _) => format!(
+                    "formats allocated for --target-bpw {}, {} scale factors",
+                    a.target_bpw, self.scale_dtype
                 ),
-                _ => format!("{} scales", self.scale_dtype),
+                (None, Some(b), Some(g)) => format!(
+                    "default {}, group {}, {b}-bit scale codes with {} factors per {g} groups",
+                    self.scheme, self.group_size, self.scale_dtype
+                ),
+                _ => format!(
+                    "default {}, group {}, {} scales",
+                    self.scheme, self.group_size, self.scale_dtype
+                ),
             },
             if self.method == "search" {
                 "error-minimising search"
@@ -521,7 +529,10 @@ impl Report {
             let r = &self.tensors[i];
             let stored = match (&r.keep_reason, r.group_size) {
                 (Some(why), _) => format!("keep ({why})"),
-                (None, Some(g)) => format!("{} g{g}", r.action),
+                (None, Some(g)) => match r.action.split_once(' ') {
+                    Some((scheme, dq)) => format!("{scheme} g{g} {dq}"),
+                    None => format!("{} g{g}", r.action),
+                },
                 _ => r.action.clone(),
             };
             let e = r.error.as_ref();
@@ -558,6 +569,10 @@ impl Report {
             ));
         }
         out.push('\n');
+        if let Some(a) = &self.allocation {
+            out.push_str(&a.render(top));
+            out.push('\n');
+        }
 
         let mut sizes = Table::new(&["size", "bytes", "", "ratio", "what it counts"]);
         sizes.row(vec![

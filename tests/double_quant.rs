@@ -209,7 +209,7 @@ fn double_quantization_is_refused_where_it_cannot_be_written() {
         .assert()
         .code(1)
         .stderr(predicates::str::contains(
-            "--scale-bits applies to the packed safetensors format",
+            "--scale-bits and --target-bpw apply to the packed safetensors format",
         ));
     assert!(!out.exists());
     for bad in [["--scale-bits", "9"], ["--scale-bits", "1"]] {
@@ -230,4 +230,129 @@ fn double_quantization_is_refused_where_it_cannot_be_written() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("--scale-bits"));
+}
+
+/// The allocation part of a `--target-bpw` report.
+fn allocation(r: &Value) -> &Value {
+    &r["allocation"]
+}
+
+#[test]
+fn target_bpw_allocates_within_the_budget_and_beats_one_format_for_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("llama-f32.safetensors");
+    let mut last = f64::INFINITY;
+    for target in ["4.5", "5", "6"] {
+        let out = dir.path().join(format!("t{target}.safetensors"));
+        let r = quantize_json(&input, &out, &["--target-bpw", target]);
+        let a = allocation(&r);
+        let t = &r["totals"];
+        assert_eq!(t["output_bytes_predicted"], t["output_bytes_actual"]);
+        let target: f64 = target.parse().unwrap();
+        assert!(a["achieved_bpw"].as_f64().unwrap() <= target, "{a}");
+        assert!(a["chosen_bytes"].as_u64() <= a["budget_bytes"].as_u64());
+        // Every allocated tensor is stored as chosen.
+        for c in a["tensors"].as_array().unwrap() {
+            let chosen = &c["options"][c["chosen"].as_u64().unwrap() as usize];
+            assert_eq!(chosen["on_hull"], true);
+            let row = r["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == c["name"])
+                .unwrap();
+            assert_eq!(row["output_bytes"], chosen["bytes"], "{}", c["name"]);
+        }
+        // More bits, less error.
+        let e = rmse(&t["error"]);
+        assert!(e < last, "{target}: {e} vs {last}");
+        last = e;
+        shrinkray()
+            .args(["verify", "--max-rel-error", "0.2"])
+            .arg(&input)
+            .arg(&out)
+            .assert()
+            .success();
+    }
+    // At 4.5 bpw of tensor data, the allocation beats the default format
+    // (int4-asym g64 with F16 scale and min, 4.5 bpw before kept tensors).
+    let alloc = quantize_json(
+        &input,
+        &dir.path().join("a.safetensors"),
+        &["--target-bpw", "4.5"],
+    );
+    let rtn = quantize_json(&input, &dir.path().join("d.safetensors"), &[]);
+    let (ea, ed) = (
+        rmse(&alloc["totals"]["error"]),
+        rmse(&rtn["totals"]["error"]),
+    );
+    assert!(ea < 0.9 * ed, "allocated {ea} vs default {ed}");
+}
+
+#[test]
+fn target_bpw_respects_fixed_tensors_and_refuses_an_impossible_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("llama-f32.safetensors");
+    let out = dir.path().join("o.safetensors");
+    let r = quantize_json(
+        &input,
+        &out,
+        &[
+            "--target-bpw",
+            "8",
+            "--override",
+            "lm_head=int8:row",
+            "--keep",
+            "embed",
+        ],
+    );
+    let row = |name: &str| {
+        r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("lm_head.weight")["action"], "int8");
+    assert_eq!(row("model.embed_tokens.weight")["action"], "keep");
+    let names: Vec<&str> = allocation(&r)["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"lm_head.weight") && !names.contains(&"model.embed_tokens.weight"));
+
+    let bad = dir.path().join("bad.safetensors");
+    shrinkray()
+        .args(["quantize", "--target-bpw", "3"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&bad)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains(
+            "--target-bpw 3: the smallest candidate for every tensor already needs",
+        ));
+    assert!(!bad.exists());
+    shrinkray()
+        .args(["quantize", "--target-bpw", "4.5", "--scheme", "int8"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&bad)
+        .assert()
+        .code(2);
+    shrinkray()
+        .args(["quantize", "--target-bpw", "4.5", "--format", "mlx"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&bad)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains(
+            "--target-bpw apply to the packed",
+        ));
+    assert!(!bad.exists());
 }
