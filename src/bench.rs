@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use safetensors::Dtype;
 use serde::Serialize;
 use shrinkray_kernels::ggml::GgmlType;
-use shrinkray_kernels::{Isa, Method, QuantFormat, ScaleDtype, Scheme};
+use shrinkray_kernels::{DoubleQuant, Isa, Method, QuantFormat, ScaleDtype, Scheme};
 
 use crate::engine::{quantize_ggml_tensor, quantize_tensor, Choice, Workspace};
 use crate::plan::{GroupSize, Rules};
@@ -33,6 +33,8 @@ pub struct BenchOptions {
     pub schemes: Vec<Scheme>,
     /// Also time the error-minimising search (`--optimize search`) of each packed scheme.
     pub search: bool,
+    /// Double-quantized scales for the packed schemes (`--scale-bits`), else F16 scales.
+    pub double_quant: Option<DoubleQuant>,
     /// GGUF block types (ggml's reference rounding, every ISA).
     pub ggml: Vec<GgmlType>,
     /// Group sizes.
@@ -229,14 +231,19 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
             for &scheme in &opts.schemes {
                 for &group in &opts.groups {
                     let f = QuantFormat {
-                        dq: None,
+                        dq: opts.double_quant,
                         scheme,
                         group,
                         scale_dtype: ScaleDtype::F16,
                     };
-                    // The search runs the scalar specification on every ISA: timed once.
-                    let searches = opts.search.then_some((Isa::Scalar, Method::Search));
-                    let runs = opts.isas.iter().map(|&i| (i, Method::Rtn)).chain(searches);
+                    let methods: &[Method] = if opts.search {
+                        &[Method::Rtn, Method::Search]
+                    } else {
+                        &[Method::Rtn]
+                    };
+                    let runs = methods
+                        .iter()
+                        .flat_map(|&m| opts.isas.iter().map(move |&i| (i, m)));
                     for (isa, method) in runs {
                         let hidden = ProgressBar::hidden();
                         // One workspace for all runs, as the engine keeps one for all tensors.
@@ -265,10 +272,12 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                         let gb = len as f64 / med / 1e9;
                         rows.push(BenchRow {
                             kind: "quantize".into(),
-                            scheme: Some(match method {
-                                Method::Rtn => scheme.name().into(),
-                                Method::Search => format!("{} search", scheme.name()),
-                            }),
+                            scheme: Some(format!(
+                                "{}{}{}",
+                                scheme.name(),
+                                f.dq.map_or(String::new(), |d| format!(" dq{}/{}", d.bits, d.groups)),
+                                if method == Method::Search { " search" } else { "" }
+                            )),
                             group_size: Some(group),
                             isa: Some(isa.name().into()),
                             gb_s: gb,

@@ -87,6 +87,10 @@ pub struct BenchArgs {
     /// Also time the error-minimising search (`quantize --optimize search`) of each packed scheme.
     #[arg(long)]
     pub search: bool,
+    /// Time the packed schemes with double-quantized scales (`quantize --scale-bits B`,
+    /// super-groups of 8) instead of F16 scales.
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u32).range(2..=8))]
+    pub scale_bits: Option<u32>,
     /// Group sizes to measure (repeatable; default: 64).
     #[arg(long = "group-size")]
     pub groups: Vec<usize>,
@@ -482,6 +486,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                         .collect()
                 },
                 search: a.search,
+                double_quant: a.scale_bits.map(|bits| DoubleQuant { bits, groups: 8 }),
                 ggml: if a.schemes.is_empty() {
                     GgmlType::ALL.to_vec()
                 } else {
