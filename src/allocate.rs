@@ -102,9 +102,9 @@ pub struct TensorChoice {
 /// The allocation of a budget.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Allocation {
-    /// The budget asked for, in bits per weight over all parameters.
-    pub target_bpw: f64,
-    /// The budget in bytes of tensor data.
+    /// The budget asked for (`--target-bpw 4.5`, `--target-size 3.50 GiB`).
+    pub target: String,
+    /// The budget in bytes of tensor data (for `--target-size`: less the headers).
     pub budget_bytes: u64,
     /// Bytes of tensors not allocated (kept, or fixed by --keep/--override).
     pub fixed_bytes: u64,
@@ -144,8 +144,8 @@ impl Allocation {
     /// `top`, the largest first) the choice, the cheaper and the next option.
     pub fn render(&self, top: usize) -> String {
         let mut out = format!(
-            "allocation for --target-bpw {}: {:.3} bpw of tensor data ({} of a {} budget; {} kept or fixed), estimated relative error {:.4} (RMS over parameters, on samples of ≤ {} elements per tensor)\n",
-            self.target_bpw,
+            "allocation for {}: {:.3} bpw of tensor data ({} of a {} budget; {} kept or fixed), estimated relative error {:.4} (RMS over parameters, on samples of ≤ {} elements per tensor)\n",
+            self.target,
             self.achieved_bpw,
             bytes(self.chosen_bytes),
             bytes(self.budget_bytes),
@@ -224,23 +224,35 @@ impl Allocation {
     }
 }
 
-/// Measures every free tensor of `plan`'s checkpoint under every candidate
-/// and allocates `target_bpw`. `plan` is the plan without a budget.
-pub fn allocate(
+/// A size budget: bits per weight over all parameters, or total bytes of the output files.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// `--target-bpw`: tensor data over all parameters (kept tensors count, headers do not).
+    Bpw(f64),
+    /// `--target-size`: the output files, headers included.
+    Size(u64),
+}
+
+/// Every free tensor measured under every candidate: what [`choose`] allocates.
+#[derive(Clone, Debug)]
+pub struct Measurements {
+    /// Parameters of the whole checkpoint.
+    pub params: u64,
+    /// Bytes of the tensors not allocated (kept, or fixed by --keep/--override).
+    pub fixed_bytes: u64,
+    /// The free tensors, in checkpoint order.
+    pub tensors: Vec<TensorChoice>,
+}
+
+/// Measures every free tensor of `plan`'s checkpoint under every candidate;
+/// `plan` is the plan without a budget.
+pub fn measure_all(
     ckpt: &Checkpoint,
     plan: &Plan,
     rules: &Rules,
-    target_bpw: f64,
     isa: Isa,
-) -> Result<Allocation> {
-    if !(target_bpw.is_finite() && target_bpw > 0.0) {
-        return Err(Error::Other(format!(
-            "--target-bpw {target_bpw}: not a positive number"
-        )));
-    }
+) -> Result<Measurements> {
     let cands = candidates(rules.scale_dtype);
-    let params: u64 = plan.tensors().map(|t| t.params()).sum();
-    let budget = (target_bpw * params as f64 / 8.0).floor() as u64;
     let user_fixed = |name: &str| {
         rules.keep.iter().any(|p| p.is_match(name))
             || rules.overrides.iter().any(|o| o.pattern.is_match(name))
@@ -248,20 +260,42 @@ pub fn allocate(
     let (free, fixed): (Vec<_>, Vec<_>) = plan
         .tensors()
         .partition(|t| t.format().is_some() && !user_fixed(&t.entry.name));
-    let fixed_bytes: u64 = fixed.iter().map(|t| t.out_bytes()).sum();
-    let mut tensors = free
+    let tensors = free
         .par_iter()
         .map(|t| measure(ckpt, t, &cands, rules.optimize, isa))
         .collect::<Result<Vec<_>>>()?;
-    let cheapest: u64 = tensors.iter().map(|t| t.options[0].bytes).sum();
-    if fixed_bytes + cheapest > budget {
-        let floor = (fixed_bytes + cheapest) as f64 * 8.0 / params as f64;
+    Ok(Measurements {
+        params: plan.tensors().map(|t| t.params()).sum(),
+        fixed_bytes: fixed.iter().map(|t| t.out_bytes()).sum(),
+        tensors,
+    })
+}
+
+/// Allocates `data_budget` bytes of tensor data (fixed tensors included) over
+/// the measured tensors; `budget` is what the user asked for, for the report.
+pub fn choose(m: &Measurements, budget: Budget, data_budget: u64) -> Result<Allocation> {
+    let mut tensors = m.tensors.clone();
+    for t in &mut tensors {
+        t.chosen = t
+            .options
+            .iter()
+            .position(|o| o.on_hull)
+            .expect("the cheapest is on the hull");
+    }
+    let cheapest: u64 = tensors.iter().map(|t| t.options[t.chosen].bytes).sum();
+    let asked = match budget {
+        Budget::Bpw(x) => format!("--target-bpw {x}"),
+        Budget::Size(s) => format!("--target-size {}", bytes(s)),
+    };
+    if m.fixed_bytes + cheapest > data_budget {
+        let floor = (m.fixed_bytes + cheapest) as f64 * 8.0 / m.params.max(1) as f64;
         return Err(Error::Other(format!(
-            "--target-bpw {target_bpw}: the smallest candidate for every tensor already needs {floor:.3} bits per weight ({} kept or fixed)",
-            crate::units::bytes(fixed_bytes)
+            "{asked}: the smallest candidate for every tensor already needs {floor:.3} bits per weight, {} of tensor data ({} kept or fixed)",
+            bytes(m.fixed_bytes + cheapest),
+            bytes(m.fixed_bytes)
         )));
     }
-    let price = greedy(&mut tensors, budget - fixed_bytes - cheapest);
+    let price = greedy(&mut tensors, data_budget - m.fixed_bytes - cheapest);
     let chosen: u64 = tensors.iter().map(|t| t.options[t.chosen].bytes).sum();
     let (mut cost, mut n) = (0.0, 0.0);
     for t in &tensors {
@@ -269,15 +303,25 @@ pub fn allocate(
         n += t.params as f64;
     }
     Ok(Allocation {
-        target_bpw,
-        budget_bytes: budget,
-        fixed_bytes,
-        chosen_bytes: chosen + fixed_bytes,
-        achieved_bpw: (chosen + fixed_bytes) as f64 * 8.0 / params.max(1) as f64,
+        target: asked,
+        budget_bytes: data_budget,
+        fixed_bytes: m.fixed_bytes,
+        chosen_bytes: chosen + m.fixed_bytes,
+        achieved_bpw: (chosen + m.fixed_bytes) as f64 * 8.0 / m.params.max(1) as f64,
         est_rel_sq_error: if n > 0.0 { cost / n } else { 0.0 },
         price,
         tensors,
     })
+}
+
+/// The tensor-data budget of a bits-per-weight target over `params` parameters.
+pub fn bpw_budget(target_bpw: f64, params: u64) -> Result<u64> {
+    if !(target_bpw.is_finite() && target_bpw > 0.0) {
+        return Err(Error::Other(format!(
+            "--target-bpw {target_bpw}: not a positive number"
+        )));
+    }
+    Ok((target_bpw * params as f64 / 8.0).floor() as u64)
 }
 
 /// One tensor under every candidate, on a sample of its rows.

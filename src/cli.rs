@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use regex::Regex;
 use safetensors::Dtype;
+use shrinkray::allocate::Budget;
 use shrinkray::bench::{self, BenchOptions};
 use shrinkray::checkpoint::ReadMode;
 use shrinkray::dequantize::{dequantize, DequantizeOptions};
@@ -206,8 +207,11 @@ pub struct QuantizeArgs {
     /// (kept tensors count, headers do not): from a fixed candidate set (README), the
     /// allocation with the least parameter-weighted squared relative error, measured on
     /// samples of each tensor with --optimize's method. --keep/--override fix tensors.
-    #[arg(long, value_name = "BPW", conflicts_with_all = ["scheme", "scale_bits"])]
+    #[arg(long, value_name = "BPW", conflicts_with_all = ["scheme", "scale_bits", "target_size"])]
     pub target_bpw: Option<f64>,
+    /// Like --target-bpw, for a total size of the output files, headers included (e.g. 3.5GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with_all = ["scheme", "scale_bits"])]
+    pub target_size: Option<u64>,
     /// Groups per super-group with --scale-bits (a super-group never spans two rows).
     #[arg(long, value_name = "GROUPS", default_value_t = 8, requires = "scale_bits",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -364,8 +368,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if !packed && (a.optimize != Method::Rtn || a.compare.is_some()) {
                 bail!("--optimize and --compare apply to the packed safetensors format; GGUF and MLX are written with their reference rounding");
             }
-            if !packed && (a.scale_bits.is_some() || a.target_bpw.is_some()) {
-                bail!("--scale-bits and --target-bpw apply to the packed safetensors format; GGUF and MLX store their own scales");
+            if !packed
+                && (a.scale_bits.is_some() || a.target_bpw.is_some() || a.target_size.is_some())
+            {
+                bail!("--scale-bits, --target-bpw and --target-size apply to the packed safetensors format; GGUF and MLX store their own scales");
             }
             let opts = QuantizeOptions {
                 rules: Rules {
@@ -397,7 +403,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 } else {
                     ReadMode::Map
                 },
-                target_bpw: a.target_bpw,
+                budget: match (a.target_bpw, a.target_size) {
+                    (Some(x), _) => Some(Budget::Bpw(x)),
+                    (None, Some(s)) => Some(Budget::Size(s)),
+                    (None, None) => None,
+                },
             };
             let report = if a.dry_run {
                 dry_run(&a.input, a.output.as_deref(), &opts)?

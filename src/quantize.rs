@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::allocate::{allocate, Allocation};
+use crate::allocate::{bpw_budget, choose, measure_all, Allocation, Budget};
 use crate::checkpoint::{Checkpoint, ReadMode};
 use crate::engine::{self, Nonfinite, RunOutcome};
 use crate::plan::{weight_map, Plan, Rules};
@@ -29,25 +29,45 @@ pub struct QuantizeOptions {
     pub progress: bool,
     /// How input data is read (`--no-mmap`: plain reads).
     pub read_mode: ReadMode,
-    /// `--target-bpw`: choose each tensor's format for this budget ([`crate::allocate`]).
-    pub target_bpw: Option<f64>,
+    /// `--target-bpw`/`--target-size`: choose each tensor's format for this budget ([`crate::allocate`]).
+    pub budget: Option<Budget>,
 }
 
-/// The rules of a run: `opts.rules`, with the formats `--target-bpw` chose
-/// (measured on samples of the tensors) when it is given.
+/// The rules of a run: `opts.rules`, with the formats a budget
+/// (`--target-bpw`, `--target-size`) chose, measured on samples of the tensors.
 fn allocated_rules(
     ckpt: &Checkpoint,
     opts: &QuantizeOptions,
 ) -> Result<(Rules, Option<Allocation>)> {
     let mut rules = opts.rules.clone();
-    let Some(target) = opts.target_bpw else {
+    let Some(budget) = opts.budget else {
         return Ok((rules, None));
     };
     let plan = Plan::build(ckpt, &rules)?;
     let isa = isa()?;
-    let alloc = with_threads(opts.threads, || allocate(ckpt, &plan, &rules, target, isa))??;
-    rules.assigned = alloc.assigned(rules.scale_dtype);
-    Ok((rules, Some(alloc)))
+    let m = with_threads(opts.threads, || measure_all(ckpt, &plan, &rules, isa))??;
+    let mut data_budget = match budget {
+        Budget::Bpw(x) => bpw_budget(x, m.params)?,
+        // The headers of the plan without a budget: the allocated plan's differ by a
+        // few bytes (other dtypes and names), corrected below.
+        Budget::Size(s) => s.saturating_sub(plan.header_bytes()),
+    };
+    // At most a few rounds: each lowers the data budget by what the headers overshot.
+    for _ in 0..4 {
+        let alloc = choose(&m, budget, data_budget)?;
+        rules.assigned = alloc.assigned(rules.scale_dtype);
+        let Budget::Size(size) = budget else {
+            return Ok((rules, Some(alloc)));
+        };
+        let total = Plan::build(ckpt, &rules)?.predicted_bytes();
+        if total <= size {
+            return Ok((rules, Some(alloc)));
+        }
+        data_budget = data_budget.saturating_sub(total - size);
+    }
+    Err(crate::Error::Other(
+        "--target-size: no allocation fits once headers are counted".into(),
+    ))
 }
 
 /// The kernels to use: `SHRINKRAY_ISA` when set, else the fastest this CPU runs.

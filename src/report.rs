@@ -483,8 +483,8 @@ impl Report {
             self.input,
             match (&self.allocation, self.scale_bits, self.super_group) {
                 (Some(a), _, _) => format!(
-                    "formats allocated for --target-bpw {}, {} scale factors",
-                    a.target_bpw, self.scale_dtype
+                    "formats allocated for {}, {} scale factors",
+                    a.target, self.scale_dtype
                 ),
                 (None, Some(b), Some(g)) => format!(
                     "default {}, group {}, {b}-bit scale codes with {} factors per {g} groups",

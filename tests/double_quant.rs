@@ -209,7 +209,7 @@ fn double_quantization_is_refused_where_it_cannot_be_written() {
         .assert()
         .code(1)
         .stderr(predicates::str::contains(
-            "--scale-bits and --target-bpw apply to the packed safetensors format",
+            "--scale-bits, --target-bpw and --target-size apply to the packed safetensors format",
         ));
     assert!(!out.exists());
     for bad in [["--scale-bits", "9"], ["--scale-bits", "1"]] {
@@ -352,7 +352,31 @@ fn target_bpw_respects_fixed_tensors_and_refuses_an_impossible_budget() {
         .assert()
         .code(1)
         .stderr(predicates::str::contains(
-            "--target-bpw apply to the packed",
+            "--target-size apply to the packed",
         ));
     assert!(!bad.exists());
+}
+
+#[test]
+fn target_size_bounds_the_files_headers_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("llama-bf16.safetensors");
+    let mut last = f64::INFINITY;
+    for size in [240_000u64, 260_000, 300_000] {
+        let out = dir.path().join(format!("s{size}.safetensors"));
+        let r = quantize_json(&input, &out, &["--target-size", &format!("{size}B")]);
+        let on_disk = std::fs::metadata(&out).unwrap().len();
+        assert!(on_disk <= size, "{on_disk} > {size}");
+        assert!(
+            on_disk > size * 95 / 100,
+            "{on_disk} leaves much of {size} unused"
+        );
+        assert!(r["allocation"]["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("--target-size"));
+        let e = rmse(&r["totals"]["error"]);
+        assert!(e < last, "{size}: {e} vs {last}");
+        last = e;
+    }
 }
