@@ -3,6 +3,7 @@
 //! own error figures, the same bytes on every ISA, version 1 still written
 //! and read for plain files, and refusals.
 
+mod common;
 mod support;
 use support::*;
 
@@ -378,5 +379,69 @@ fn target_size_bounds_the_files_headers_included() {
         let e = rmse(&r["totals"]["error"]);
         assert!(e < last, "{size}: {e} vs {last}");
         last = e;
+    }
+}
+
+#[test]
+fn the_test_suites_own_decoder_reads_version_2_as_dequantize_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("llama-f32.safetensors");
+    for (scheme, group, bits, sg) in [
+        ("int4-asym", "32", "6", "8"),
+        ("int4", "16", "5", "3"),
+        ("int8", "64", "2", "1"),
+        ("int8-asym", "7", "7", "5"),
+    ] {
+        let what = format!("{scheme} g{group} dq{bits}/{sg}");
+        let out = dir.path().join("q.safetensors");
+        let r = quantize_json(
+            &input,
+            &out,
+            &[
+                "--force",
+                "--scheme",
+                scheme,
+                "--group-size",
+                group,
+                "--scale-bits",
+                bits,
+                "--super-group",
+                sg,
+                "--optimize",
+                "search",
+            ],
+        );
+        let back = dir.path().join("back.safetensors");
+        shrinkray()
+            .arg("dequantize")
+            .arg(&out)
+            .arg("-o")
+            .arg(&back)
+            .arg("--force")
+            .assert()
+            .success();
+        let decoded = common::decode_packed(&out);
+        let (mut sq, mut n) = (0.0f64, 0usize);
+        for (name, d) in &decoded {
+            let Some(q) = &d.quant else { continue };
+            assert_eq!(q.meta["scale_bits"], bits.parse::<u64>().unwrap(), "{what}");
+            // Bit for bit what `dequantize` (src/decode.rs) wrote.
+            let theirs = common::load_f32(&back, name);
+            assert_eq!(theirs.len(), d.values.len(), "{what} {name}");
+            for (a, b) in theirs.iter().zip(&d.values) {
+                assert_eq!(a.to_bits(), b.to_bits(), "{what} {name}");
+            }
+            let orig = common::load_f32(&input, name);
+            for (a, b) in orig.iter().zip(&d.values) {
+                sq += ((a - b) as f64).powi(2);
+            }
+            n += orig.len();
+        }
+        let e = (sq / n as f64).sqrt();
+        let reported = rmse(&r["totals"]["error"]);
+        assert!(
+            (e - reported).abs() <= 1e-6 * reported,
+            "{what}: {e} vs {reported}"
+        );
     }
 }

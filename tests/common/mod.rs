@@ -1,5 +1,5 @@
-//! An independent reader of the packed format, written from
-//! `FORMAT.md` alone (it shares no code with `src/decode.rs`, `src/verify.rs`
+//! An independent reader of the packed format (versions 1 and 2), written from
+//! `FORMAT.md` and the README's version-2 section alone (it shares no code with `src/decode.rs`, `src/verify.rs`
 //! or the kernels): it opens files with the `safetensors` crate, checks every
 //! structural rule of the format and dequantizes with the rules of the spec
 //! in f32 arithmetic.
@@ -270,10 +270,11 @@ pub fn decode_packed_file(path: &Path) -> BTreeMap<String, Decoded> {
             .unwrap_or_else(|e| panic!("{}: `{METADATA_KEY}` is not JSON: {e}", path.display())),
         None => serde_json::json!({"format": 1, "tensors": {}}),
     };
-    assert_eq!(
-        packed.get("format"),
-        Some(&Value::from(1)),
-        "{}: format version",
+    // Version 2 adds double-quantized scales; a file without them is version 1.
+    let version = packed.get("format").and_then(Value::as_u64);
+    assert!(
+        version == Some(1) || version == Some(2),
+        "{}: format version {version:?}",
         path.display()
     );
     let entries = get(&packed, "tensors", &path.display().to_string())
@@ -314,6 +315,20 @@ pub fn decode_packed_file(path: &Path) -> BTreeMap<String, Decoded> {
         assert!(!shape.is_empty(), "{ctx}: quantized scalar");
         let scale_dtype = get(e, "scale_dtype", &ctx).as_str().unwrap().to_string();
         assert!(is_float(&scale_dtype), "{ctx}: scale dtype {scale_dtype}");
+        // Version 2: `scale_bits` b and `super_group` S, both or neither.
+        let dq = match (e.get("scale_bits"), e.get("super_group")) {
+            (None, None) => None,
+            (Some(b), Some(sg)) => {
+                assert_eq!(version, Some(2), "{ctx}: double quantization in version 1");
+                let (b, sg) = (b.as_u64().unwrap() as usize, sg.as_u64().unwrap() as usize);
+                assert!(
+                    (2..=8).contains(&b) && sg >= 1,
+                    "{ctx}: scale_bits {b}, super_group {sg}"
+                );
+                Some((b, sg))
+            }
+            _ => panic!("{ctx}: scale_bits without super_group or the reverse"),
+        };
 
         let k = *shape.last().unwrap();
         let rows: usize = shape[..shape.len() - 1].iter().product();
@@ -330,27 +345,105 @@ pub fn decode_packed_file(path: &Path) -> BTreeMap<String, Decoded> {
         assert_eq!(qdata.len(), rows * p, "{ctx}: qweight bytes");
 
         let (sd, ss, sdata) = take_piece(&st, &mut claimed, &format!("{name}.scales"), &ctx);
-        assert_eq!(sd, scale_dtype, "{ctx}: scales dtype");
-        assert_eq!(ss, with_last(groups), "{ctx}: scales shape");
-        assert_eq!(
-            sdata.len(),
-            rows * groups * scale_bytes,
-            "{ctx}: scales bytes"
-        );
-        let scales = to_f32(&sd, sdata);
-
         let mins_name = format!("{name}.mins");
-        let (mins_raw, mins) = if symmetric {
-            assert!(
-                st.tensor(&mins_name).is_err(),
-                "{ctx}: symmetric scheme with a `.mins` tensor"
-            );
-            (None, None)
-        } else {
-            let (md_, ms, mdata) = take_piece(&st, &mut claimed, &mins_name, &ctx);
-            assert_eq!(md_, scale_dtype, "{ctx}: mins dtype");
-            assert_eq!(ms, with_last(groups), "{ctx}: mins shape");
-            (Some(mdata.to_vec()), Some(to_f32(&md_, mdata)))
+        let mut extra_bytes = 0;
+        let (scales, mins_raw, mins) = match dq {
+            None => {
+                assert_eq!(sd, scale_dtype, "{ctx}: scales dtype");
+                assert_eq!(ss, with_last(groups), "{ctx}: scales shape");
+                assert_eq!(
+                    sdata.len(),
+                    rows * groups * scale_bytes,
+                    "{ctx}: scales bytes"
+                );
+                let scales = to_f32(&sd, sdata);
+                let (mins_raw, mins) = if symmetric {
+                    assert!(
+                        st.tensor(&mins_name).is_err(),
+                        "{ctx}: symmetric scheme with a `.mins` tensor"
+                    );
+                    (None, None)
+                } else {
+                    let (md_, ms, mdata) = take_piece(&st, &mut claimed, &mins_name, &ctx);
+                    assert_eq!(md_, scale_dtype, "{ctx}: mins dtype");
+                    assert_eq!(ms, with_last(groups), "{ctx}: mins shape");
+                    (Some(mdata.to_vec()), Some(to_f32(&md_, mdata)))
+                };
+                (scales, mins_raw, mins)
+            }
+            Some((b, sg)) => {
+                // Codes packed LSB first per row; factors per super-group of sg groups.
+                let per_row = (groups * b).div_ceil(8);
+                let supers = groups.div_ceil(sg);
+                assert_eq!(sd, "U8", "{ctx}: scale codes dtype");
+                assert_eq!(ss, with_last(per_row), "{ctx}: scale codes shape");
+                let (fd, fs, fdata) =
+                    take_piece(&st, &mut claimed, &format!("{name}.super_scales"), &ctx);
+                assert_eq!(fd, scale_dtype, "{ctx}: super_scales dtype");
+                assert_eq!(fs, with_last(supers), "{ctx}: super_scales shape");
+                let f = to_f32(&fd, fdata);
+                extra_bytes += fdata.len();
+                let field = |bytes: &[u8], r: usize, j: usize| -> u32 {
+                    let row = &bytes[r * per_row..(r + 1) * per_row];
+                    // Little-endian bit window over the bytes the field touches.
+                    let first = j * b / 8;
+                    let mut window = 0u32;
+                    for (i, &byte) in row[first..row.len().min(first + 2)].iter().enumerate() {
+                        window |= (byte as u32) << (8 * i);
+                    }
+                    let v = (window >> (j * b % 8)) & ((1 << b) - 1);
+                    if j == groups - 1 {
+                        let used = groups * b - 8 * (per_row - 1);
+                        if used < 8 {
+                            assert_eq!(
+                                row[per_row - 1] >> used,
+                                0,
+                                "{ctx}: row {r}: padding bits not 0"
+                            );
+                        }
+                    }
+                    v
+                };
+                let mut scales = Vec::with_capacity(rows * groups);
+                for r in 0..rows {
+                    for j in 0..groups {
+                        let c = field(sdata, r, j) as i32;
+                        let c = if symmetric && c >= 1 << (b - 1) {
+                            c - (1 << b)
+                        } else {
+                            c
+                        };
+                        if symmetric {
+                            assert!(c > -(1 << (b - 1)), "{ctx}: scale code {c} out of range");
+                        }
+                        scales.push(c as f32 * f[r * supers + j / sg]);
+                    }
+                }
+                let (mins_raw, mins) = if symmetric {
+                    for n in [&mins_name, &format!("{name}.super_mins")] {
+                        assert!(st.tensor(n).is_err(), "{ctx}: symmetric scheme with `{n}`");
+                    }
+                    (None, None)
+                } else {
+                    let (md_, ms, mdata) = take_piece(&st, &mut claimed, &mins_name, &ctx);
+                    assert_eq!(md_, "U8", "{ctx}: min codes dtype");
+                    assert_eq!(ms, with_last(per_row), "{ctx}: min codes shape");
+                    let (gd, gs, gdata) =
+                        take_piece(&st, &mut claimed, &format!("{name}.super_mins"), &ctx);
+                    assert_eq!(gd, scale_dtype, "{ctx}: super_mins dtype");
+                    assert_eq!(gs, with_last(supers), "{ctx}: super_mins shape");
+                    let m = to_f32(&gd, gdata);
+                    extra_bytes += gdata.len();
+                    let mut mins = Vec::with_capacity(rows * groups);
+                    for r in 0..rows {
+                        for j in 0..groups {
+                            mins.push(-(field(mdata, r, j) as f32 * m[r * supers + j / sg]));
+                        }
+                    }
+                    (Some(mdata.to_vec()), Some(mins))
+                };
+                (scales, mins_raw, mins)
+            }
         };
 
         let mut codes = Vec::with_capacity(rows * k);
@@ -389,7 +482,8 @@ pub fn decode_packed_file(path: &Path) -> BTreeMap<String, Decoded> {
             }
         }
         let out_bytes =
-            (qdata.len() + sdata.len() + mins_raw.as_ref().map_or(0, |m| m.len())) as u64;
+            (qdata.len() + sdata.len() + mins_raw.as_ref().map_or(0, |m| m.len()) + extra_bytes)
+                as u64;
         let d = Decoded {
             name: name.clone(),
             file: file.clone(),
