@@ -13,6 +13,7 @@ use half::{bf16, f16};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use safetensors::Dtype;
+use serde::Serialize;
 use shrinkray_kernels::ggml::{self, GgmlType};
 use shrinkray_kernels::mlx::{self, MlxFormat};
 use shrinkray_kernels::{
@@ -98,8 +99,8 @@ pub struct TensorOutcome {
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunOutcome {
-    /// Every tensor was written; one outcome per tensor, in plan order.
-    Done(Vec<TensorOutcome>),
+    /// Every tensor was written; one outcome per tensor, in plan order, and where the time went.
+    Done(Vec<TensorOutcome>, Phases),
     /// These tensors have groups whose scale or min overflows the scale dtype,
     /// or rounds to zero in it: their scales must be stored in F32, so the plan
     /// (and every offset after them) changes. The files written are incomplete.
@@ -153,10 +154,15 @@ pub fn run(
     let mut outcomes = Vec::new();
     let mut widen = Vec::new();
     let mut ws = Workspace::default();
+    let start = std::time::Instant::now();
+    let writing = std::cell::Cell::new(0.0f64);
     for (sp, file) in plan.shards.iter().zip(files) {
         let write = |bytes: &[u8], offset: u64, widen: &[Widened]| {
             if widen.is_empty() {
-                file.write_at(bytes, offset)
+                let t = std::time::Instant::now();
+                let r = file.write_at(bytes, offset);
+                writing.set(writing.get() + t.elapsed().as_secs_f64());
+                r
             } else {
                 Ok(())
             }
@@ -304,7 +310,15 @@ pub fn run(
         }
     }
     Ok(if widen.is_empty() {
-        RunOutcome::Done(outcomes)
+        let total = start.elapsed().as_secs_f64();
+        RunOutcome::Done(
+            outcomes,
+            Phases {
+                read_quantize_s: total - writing.get(),
+                write_s: writing.get(),
+                ..Phases::default()
+            },
+        )
     } else {
         RunOutcome::WidenScales(widen)
     })
@@ -345,6 +359,19 @@ impl TensorOutput<'_> {
     pub fn part(&self, kind: PieceKind) -> &[u8] {
         kind.part().map_or(&[], |i| self.parts[i])
     }
+}
+
+/// Where the time of a run went, in seconds (wall clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Phases {
+    /// Opening, planning, reserving the output files: everything before the tensors.
+    pub setup_s: f64,
+    /// Reading the input (page faults on the map, or reads) and the kernels, tensor by tensor.
+    pub read_quantize_s: f64,
+    /// Writing the output bytes into the files (the page cache; kept tensors are copies).
+    pub write_s: f64,
+    /// Flushing the files to the disk, renaming them into place, and the index.
+    pub sync_s: f64,
 }
 
 /// How a packed tensor's parameters are chosen, and whether round-to-nearest

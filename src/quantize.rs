@@ -125,7 +125,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
     let mut created = CreatedDir::default();
     // At most two passes: the second only when the first found tensors whose
     // scales do not fit the scale dtype (their F32 scales move every offset).
-    let (plan, names, paths, files, outcomes, config) = loop {
+    let (plan, names, paths, files, outcomes, config, mut phases) = loop {
         let plan = Plan::build(&ckpt, &rules)?;
         let names = shard_names(&plan);
         let paths = resolve_outputs(&ckpt, &names, output, opts.force, false, plan.is_gguf())?;
@@ -151,7 +151,9 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         })??;
         pb.finish_and_clear();
         match run {
-            RunOutcome::Done(outcomes) => break (plan, names, paths, files, outcomes, config),
+            RunOutcome::Done(outcomes, phases) => {
+                break (plan, names, paths, files, outcomes, config, phases)
+            }
             RunOutcome::WidenScales(w) => {
                 drop(files); // removes the incomplete temporaries
                 rules.wide_scales.extend(w.iter().map(|w| w.name.clone()));
@@ -161,6 +163,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
     };
 
     crate::interrupt::check()?;
+    let syncing = Instant::now();
     let mut written = Vec::new();
     for f in files {
         written.push(f.finish()?);
@@ -183,11 +186,15 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         .map(|p| std::fs::metadata(p).map(|m| m.len()))
         .sum::<std::io::Result<u64>>()
         .map_err(|e| crate::Error::Other(format!("cannot stat the written output: {e}")))?;
+    phases.sync_s = syncing.elapsed().as_secs_f64();
+    let elapsed = start.elapsed().as_secs_f64();
+    phases.setup_s = (elapsed - phases.sync_s - phases.read_quantize_s - phases.write_s).max(0.0);
     let measured = Measured {
+        phases,
         outcomes,
         outputs: written.iter().map(|p| p.display().to_string()).collect(),
         actual_bytes: actual,
-        elapsed_s: start.elapsed().as_secs_f64(),
+        elapsed_s: elapsed,
     };
     let mut report = report::build(
         &input.display().to_string(),

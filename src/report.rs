@@ -206,6 +206,8 @@ pub struct Report {
     pub tensors: Vec<TensorRow>,
     /// Wall time of the run in seconds (absent in a dry run).
     pub elapsed_s: Option<f64>,
+    /// Where that time went (absent in a dry run).
+    pub phases: Option<crate::engine::Phases>,
     /// Input bytes per second over the run, in GB/s (10⁹ bytes).
     pub throughput_gb_s: Option<f64>,
     /// Peak resident memory of the process (Linux `VmHWM`), absent in a dry run.
@@ -217,6 +219,8 @@ pub struct Report {
 /// What a run measured, for [`build`].
 #[derive(Clone, Debug, Default)]
 pub struct Measured {
+    /// Where the time went.
+    pub phases: crate::engine::Phases,
     /// Per-tensor outcomes, in plan order.
     pub outcomes: Vec<TensorOutcome>,
     /// The files written.
@@ -426,6 +430,7 @@ pub fn build(
         allocation: None,
         tensors: rows,
         elapsed_s: measured.map(|m| m.elapsed_s),
+        phases: measured.map(|m| m.phases),
         throughput_gb_s: measured.map(|m| input_bytes as f64 / m.elapsed_s.max(1e-9) / 1e9),
         peak_rss_bytes: measured.and_then(|_| peak_rss()),
         warnings,
@@ -659,7 +664,18 @@ impl Report {
                 .peak_rss_bytes
                 .map(|r| format!(", peak memory {}", bytes(r)))
                 .unwrap_or_default();
-            out.push_str(&format!("time {s:.2} s, {g:.2} GB/s of input{rss}\n"));
+            let split = self
+                .phases
+                .map(|p| {
+                    format!(
+                        " (setup {:.2}, read + quantize {:.2}, write {:.2}, fsync + rename {:.2})",
+                        p.setup_s, p.read_quantize_s, p.write_s, p.sync_s
+                    )
+                })
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "time {s:.2} s{split}, {g:.2} GB/s of input{rss}\n"
+            ));
         }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
