@@ -3,7 +3,9 @@
 //!
 //! Ids: `quantize/<scheme>/g<group>/<input dtype>/<path>` and `memcpy/<bytes>`;
 //! for the GGUF block kernels on 64 MiB of F32 (`-- ggml`), `ggml/<type>/<path>`
-//! and `ggml/memcpy/<bytes>`.
+//! and `ggml/memcpy/<bytes>`; for the error-minimising search and double
+//! quantization on 4 MiB of F32 (`-- search`),
+//! `search/<scheme>/g<group>[/dq<bits>x<groups>]/<rtn|search>/<path>`.
 
 use std::hint::black_box;
 
@@ -12,7 +14,9 @@ use indicatif::ProgressBar;
 use safetensors::Dtype;
 use shrinkray::engine::{quantize_tensor, Choice, Workspace};
 use shrinkray::kernels::ggml::{quantize_blocks_with, GgmlType};
-use shrinkray::kernels::{Isa, QuantFormat, ScaleDtype, Scheme};
+use shrinkray::kernels::{
+    quantize_rows_by, DoubleQuant, Isa, Method, QuantFormat, RowsOut, ScaleDtype, Scheme, Src,
+};
 use shrinkray::synth::{encode, Rng};
 
 const ROWS: usize = 1024;
@@ -98,5 +102,78 @@ fn bench_ggml(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_ggml);
+/// Rows of the search benchmark: 1 Mi elements (4 MiB of F32) in rows of `K`.
+const SEARCH_ROWS: usize = 256;
+
+/// The error-minimising search (`--optimize search`) and double quantization
+/// (round-to-nearest and search) on F32 input, one thread, every kernel side by side.
+fn bench_search(c: &mut Criterion) {
+    let all = data();
+    let values = &all[..SEARCH_ROWS * K];
+    let mut g = c.benchmark_group("search");
+    g.throughput(Throughput::Bytes((values.len() * 4) as u64));
+    g.sample_size(10);
+    let dq = |bits, groups| Some(DoubleQuant { bits, groups });
+    let f = |scheme, group, dq| QuantFormat {
+        scheme,
+        group,
+        scale_dtype: ScaleDtype::F16,
+        dq,
+    };
+    for (fmt, methods) in [
+        (f(Scheme::Int4Asym, 64, None), &[Method::Search][..]),
+        (f(Scheme::Int4Asym, 32, None), &[Method::Search]),
+        (f(Scheme::Int4Sym, 32, None), &[Method::Search]),
+        (f(Scheme::Int4Sym, 64, None), &[Method::Search]),
+        (
+            f(Scheme::Int4Asym, 32, dq(6, 8)),
+            &[Method::Rtn, Method::Search],
+        ),
+        (
+            f(Scheme::Int4Sym, 32, dq(6, 8)),
+            &[Method::Rtn, Method::Search],
+        ),
+    ] {
+        let rows = SEARCH_ROWS;
+        let mut codes = vec![0u8; rows * fmt.code_bytes_per_row(K)];
+        let mut scales = vec![0u8; rows * fmt.scale_bytes_per_row(K)];
+        let mut mins = vec![0u8; rows * fmt.min_bytes_per_row(K)];
+        let mut supers = vec![0u8; rows * fmt.super_bytes_per_row(K)];
+        let mut super_mins = vec![0u8; rows * fmt.super_min_bytes_per_row(K)];
+        let dq_name = fmt
+            .dq
+            .map_or(String::new(), |d| format!("/dq{}x{}", d.bits, d.groups));
+        for &method in methods {
+            for isa in Isa::available() {
+                let id = format!(
+                    "{}/g{}{dq_name}/{}/{isa}",
+                    fmt.scheme.name(),
+                    fmt.group,
+                    method.name()
+                );
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        quantize_rows_by(
+                            isa,
+                            method,
+                            &fmt,
+                            K,
+                            Src::F32(black_box(values)),
+                            RowsOut {
+                                codes: &mut codes,
+                                scales: &mut scales,
+                                mins: &mut mins,
+                                super_scales: &mut supers,
+                                super_mins: &mut super_mins,
+                            },
+                        )
+                    })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_ggml, bench_search);
 criterion_main!(benches);

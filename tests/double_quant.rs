@@ -445,3 +445,27 @@ fn the_test_suites_own_decoder_reads_version_2_as_dequantize_does() {
         );
     }
 }
+
+#[test]
+fn the_search_never_flattens_a_group_to_a_zero_scale() {
+    // Regression: a neighbour with scale code 0 could win on a group's bound,
+    // which flagged the group as zeroed and widened the tensor's factors to F32.
+    let dir = tempfile::tempdir().unwrap();
+    for fx in ["llama-bf16.safetensors", "llama-f32.safetensors"] {
+        let r = quantize_json(
+            &fixture(fx),
+            &dir.path().join("q.safetensors"),
+            &["--force", "--target-bpw", "4.5", "--optimize", "search"],
+        );
+        assert_eq!(r["warnings"], serde_json::json!([]), "{fx}");
+        assert_eq!(r["totals"]["error"]["zeroed_groups"], 0, "{fx}");
+        let a = &r["allocation"];
+        let data: u64 = r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["output_bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(Some(data), a["chosen_bytes"].as_u64(), "{fx}");
+    }
+}

@@ -24,18 +24,17 @@
 //! 3. `cs = round(s / F)`, `cm = round(−m / M)` (multiplying by the f32
 //!    inverses), clamped to their ranges; a non-zero `s` never gets `cs = 0`.
 //!    [`Method::Search`] then takes the first of `(cs, cm)` and its
-//!    neighbours `(cs ± 1, cm ± 1)` with the lowest error on the fit's own
-//!    codes ([`crate::search::Sums::err`]), and refines once: the codes
+//!    neighbours `(cs ± 1, cm ± 1)` (in range, and never a zero scale code)
+//!    with the lowest error on the fit's own codes
+//!    ([`crate::search::Sums::err`]), and refines once: the codes
 //!    rounded again with the chosen scale and min are refitted, and the
 //!    refit's `(cs, cm)` (or a neighbour's, chosen the same way) replaces them
 //!    when it scores lower on those codes.
 //! 4. Element codes are those of version 1 with the decoded scale and min:
 //!    `clamp(round((x − min) · (1 / scale)))`, so the error statistics are exact.
 
-use crate::scalar::{
-    check_sizes, count_nonfinite, finite_or_zero, quantize_span, Element, GroupParams,
-};
-use crate::search::{code_sums, fit_rtn, fit_search, Fit, SearchFit, Sums};
+use crate::scalar::{check_sizes, count_nonfinite, Element, GroupParams};
+use crate::search::{fit_from_range, Convert, Fit, Passes, Scalar, SearchFit, Sums, BATCH};
 use crate::{DoubleQuant, ErrorStats, Method, QuantFormat, RowsOut, ScaleDtype, Scheme};
 
 /// Largest scale code: `2^b − 1` (asymmetric), `2^(b−1) − 1` (symmetric).
@@ -80,7 +79,8 @@ fn factor(dt: ScaleDtype, v: f32) -> (f32, u32, bool) {
 }
 
 /// The version-1 parameters a reader decodes from scale code `cs` and min code `cm`.
-fn decoded(f: f32, m: f32, cs: i32, cm: i32) -> GroupParams {
+#[inline(always)]
+pub(crate) fn decoded(f: f32, m: f32, cs: i32, cm: i32) -> GroupParams {
     let scale = cs as f32 * f;
     let min = -(cm as f32 * m);
     GroupParams {
@@ -92,6 +92,129 @@ fn decoded(f: f32, m: f32, cs: i32, cm: i32) -> GroupParams {
         scale_bits: 0,
         min_bits: 0,
     }
+}
+
+/// What step 3 (module documentation) needs of a super-group.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Codes {
+    /// A symmetric scheme (signed scale codes, no mins).
+    pub sym: bool,
+    /// The smallest scale code (`−lmax` when symmetric, else 0).
+    pub lmin: i32,
+    /// The largest scale (and min) code.
+    pub lmax: i32,
+    /// The super-group's scale factor.
+    pub fs: f32,
+    /// The super-group's min factor (0 when symmetric).
+    pub fm: f32,
+    /// `1 / fs`, or 0.
+    pub inv_s: f32,
+    /// `1 / fm`, or 0.
+    pub inv_m: f32,
+    /// [`Method::Search`] with a non-zero scale factor: the neighbours and the refinement.
+    pub search: bool,
+}
+
+impl Codes {
+    /// The codes of a real scale and min: nearest, clamped; a non-zero scale keeps a
+    /// non-zero code.
+    #[inline(always)]
+    pub(crate) fn of(&self, fit: &Fit) -> (i32, i32) {
+        let (lmin, lmax) = (self.lmin, self.lmax);
+        let mut cs = ((fit.scale * self.inv_s).round_ties_even() as i32).clamp(lmin, lmax);
+        if cs == 0 && fit.scale != 0.0 && self.fs != 0.0 {
+            cs = if fit.scale > 0.0 { 1 } else { -1 };
+        }
+        let cm = ((-fit.min * self.inv_m).round_ties_even() as i32).clamp(0, lmax);
+        (cs, cm)
+    }
+}
+
+/// Step 3 for consecutive groups of a super-group (`x` cut into groups of `g`,
+/// `fits` their step-1 fits): their scale and min codes into `out`.
+#[inline(always)]
+pub(crate) fn choose_codes<P: Passes>(
+    ps: &mut P,
+    c: &Codes,
+    scheme: Scheme,
+    x: &[f32],
+    g: usize,
+    fits: &[SearchFit],
+    out: &mut [(i32, i32)],
+) {
+    let n = out.len().min(fits.len());
+    for (o, f) in out.iter_mut().zip(fits) {
+        *o = c.of(&f.fit);
+    }
+    if !c.search {
+        return;
+    }
+    let near = |ps: &mut P, at: (i32, i32), sums: &Sums| {
+        ps.best_near(c.sym, (c.lmin, c.lmax), (c.fs, c.fm), at, sums)
+    };
+    let (mut bases, mut invs) = ([0.0f32; BATCH], [0.0f32; BATCH]);
+    let mut wholes = [Sums::default(); BATCH];
+    for j in 0..n {
+        out[j] = near(ps, out[j], &fits[j].sums);
+        let p = decoded(c.fs, c.fm, out[j].0, out[j].1);
+        (bases[j], invs[j], wholes[j]) = (p.min, p.inv, fits[j].sums);
+    }
+    // One refinement: the codes rounded again with these parameters are refitted, and
+    // the refit's parameter codes (or a neighbour's) taken when they score lower on
+    // those codes.
+    let mut s2 = [Sums::default(); BATCH];
+    let (b, i, w) = (&bases[..n], &invs[..n], &wholes[..n]);
+    ps.code_sums_groups(scheme, x, g, b, i, w, &mut s2[..n]);
+    for j in 0..n {
+        let p = decoded(c.fs, c.fm, out[j].0, out[j].1);
+        if let Some((scale, min)) = s2[j].fit(c.sym, true) {
+            let next = near(ps, c.of(&Fit { scale, min }), &s2[j]);
+            let pn = decoded(c.fs, c.fm, next.0, next.1);
+            if s2[j].err(pn.scale, pn.min) < s2[j].err(p.scale, p.min) {
+                out[j] = next;
+            }
+        }
+    }
+}
+
+/// The first of `(c0, m0)` and its neighbours `(c0 ± 1, m0 ± 1)` (symmetric: the
+/// scale code's only) with the lowest error of the codes `sums` were taken with (an
+/// upper bound of the error once the codes are rounded again with them), in the
+/// order `(c0, m0)`, then by scale code then min code, each from −1 to +1; codes out
+/// of `lmin..=lmax` (min codes: `0..=lmax`) are skipped. `(f, m)` are the super-group
+/// factors.
+#[inline(always)]
+pub(crate) fn best_near(
+    sym: bool,
+    (lmin, lmax): (i32, i32),
+    (f, m): (f32, f32),
+    (c0, m0): (i32, i32),
+    sums: &Sums,
+) -> (i32, i32) {
+    let score = |cs: i32, cm: i32| {
+        let p = decoded(f, m, cs, cm);
+        sums.err(p.scale, p.min)
+    };
+    let (mut best, mut at) = (score(c0, m0), (c0, m0));
+    let dms: &[i32] = if sym { &[0] } else { &[-1, 0, 1] };
+    for ds in [-1, 0, 1] {
+        for &dm in dms {
+            let (a, b) = (c0 + ds, m0 + dm);
+            // A neighbour never has a zero scale code: it would flatten the group.
+            if (ds, dm) == (0, 0)
+                || a == 0
+                || !(lmin..=lmax).contains(&a)
+                || !(0..=lmax).contains(&b)
+            {
+                continue;
+            }
+            let e = score(a, b);
+            if e < best {
+                (best, at) = (e, (a, b));
+            }
+        }
+    }
+    at
 }
 
 /// Writes the `b`-bit field `i` of a row's packed codes (LSB first).
@@ -125,6 +248,19 @@ pub fn quantize_rows<T: Element>(
     src: &[T],
     out: RowsOut<'_>,
 ) -> ErrorStats {
+    quantize_rows_with(&mut Scalar, method, fmt, k, src, out)
+}
+
+/// [`quantize_rows`] with the per-element passes of `ps` (identical results).
+#[inline(always)]
+pub(crate) fn quantize_rows_with<T: Element, P: Passes + Convert<T>>(
+    ps: &mut P,
+    method: Method,
+    fmt: &QuantFormat,
+    k: usize,
+    src: &[T],
+    out: RowsOut<'_>,
+) -> ErrorStats {
     let d = fmt.dq.expect("a double-quantized format");
     assert!(
         DoubleQuant::BITS.contains(&d.bits) && d.groups > 0,
@@ -140,24 +276,39 @@ pub fn quantize_rows<T: Element>(
     let lmin = if sym { -lmax } else { 0 };
     out.scales.fill(0);
     out.mins.fill(0);
-    let mut row = vec![0.0f32; k];
-    let mut fits = Vec::with_capacity(d.groups);
+    let mut row = vec![0.0f32; if rows > 0 { k } else { 0 }];
+    let mut fits = Vec::with_capacity(if rows > 0 { gpr } else { 0 });
     for r in 0..rows {
         let src_row = &src[r * k..(r + 1) * k];
-        for (x, v) in row.iter_mut().zip(src_row) {
-            *x = finite_or_zero(v.to_f32());
+        if !ps.convert(src_row, &mut row) {
+            count_nonfinite(src_row, r * k, &mut stats);
+        }
+        let group = |gi: usize| &row[gi * fmt.group..((gi + 1) * fmt.group).min(k)];
+        // Every group's real-valued fit first (step 1), then the super-groups.
+        fits.clear();
+        match method {
+            Method::Rtn => fits.extend((0..gpr).map(|gi| {
+                let (lo, hi) = ps.range(group(gi), true);
+                SearchFit {
+                    fit: fit_from_range(scheme, lo, hi),
+                    sums: Sums::default(),
+                }
+            })),
+            Method::Search => {
+                let none = SearchFit {
+                    fit: Fit {
+                        scale: 0.0,
+                        min: 0.0,
+                    },
+                    sums: Sums::default(),
+                };
+                fits.resize(gpr, none);
+                ps.fit_search_groups(scheme, &row, fmt.group, true, &mut fits);
+            }
         }
         for (si, g0) in (0..gpr).step_by(d.groups).enumerate() {
             let g1 = (g0 + d.groups).min(gpr);
-            let group = |gi: usize| &row[gi * fmt.group..((gi + 1) * fmt.group).min(k)];
-            fits.clear();
-            fits.extend((g0..g1).map(|gi| match method {
-                Method::Rtn => SearchFit {
-                    fit: fit_rtn(scheme, group(gi), true),
-                    sums: Sums::default(),
-                },
-                Method::Search => fit_search(scheme, group(gi), true),
-            }));
+            let fits = &fits[g0..g1];
             let smax = fits.iter().fold(0.0f32, |a, f| a.max(f.fit.scale.abs()));
             let mmax = fits.iter().fold(0.0f32, |a, f| a.max(-f.fit.min));
             let (fs, fs_bits, over_s) = factor(fmt.scale_dtype, smax / lmax as f32);
@@ -170,79 +321,41 @@ pub fn quantize_rows<T: Element>(
             if !sym {
                 put_factor(fmt.scale_dtype, out.super_mins, r * spr + si, fm_bits);
             }
-            let inv_s = if fs == 0.0 { 0.0 } else { 1.0 / fs };
-            let inv_m = if fm == 0.0 { 0.0 } else { 1.0 / fm };
-            // The codes of a real scale and min: nearest, clamped; a non-zero scale keeps a non-zero code.
-            let codes_of = |fit: &Fit| {
-                let mut cs = ((fit.scale * inv_s).round_ties_even() as i32).clamp(lmin, lmax);
-                if cs == 0 && fit.scale != 0.0 && fs != 0.0 {
-                    cs = if fit.scale > 0.0 { 1 } else { -1 };
-                }
-                let cm = ((-fit.min * inv_m).round_ties_even() as i32).clamp(0, lmax);
-                (cs, cm)
+            let ctx = Codes {
+                sym,
+                lmin,
+                lmax,
+                fs,
+                fm,
+                inv_s: if fs == 0.0 { 0.0 } else { 1.0 / fs },
+                inv_m: if fm == 0.0 { 0.0 } else { 1.0 / fm },
+                search: method == Method::Search && fs != 0.0,
             };
-            // The first of `(cs, cm)` and its neighbours with the lowest error of the
-            // codes `sums` were taken with (an upper bound of the error once the codes
-            // are rounded again with them).
-            let best_near = |(c0, m0): (i32, i32), sums: &Sums| {
-                let score = |cs: i32, cm: i32| {
+            // A few groups at a time (as in `search`).
+            for b0 in (g0..g1).step_by(BATCH) {
+                let b1 = (b0 + BATCH).min(g1);
+                let mut codes = [(0i32, 0i32); BATCH];
+                let run = &row[b0 * fmt.group..(b1 * fmt.group).min(k)];
+                let fits = &fits[b0 - g0..b1 - g0];
+                ps.choose_codes(&ctx, scheme, run, fmt.group, fits, &mut codes[..b1 - b0]);
+                for (j, gi) in (b0..b1).enumerate() {
+                    let x = group(gi);
+                    let (cs, cm) = codes[j];
                     let p = decoded(fs, fm, cs, cm);
-                    sums.err(p.scale, p.min)
-                };
-                let (mut best, mut at) = (score(c0, m0), (c0, m0));
-                let dms: &[i32] = if sym { &[0] } else { &[-1, 0, 1] };
-                for ds in [-1, 0, 1] {
-                    for &dm in dms {
-                        let (a, b) = (c0 + ds, m0 + dm);
-                        if (ds, dm) == (0, 0)
-                            || !(lmin..=lmax).contains(&a)
-                            || !(0..=lmax).contains(&b)
-                        {
-                            continue;
-                        }
-                        let e = score(a, b);
-                        if e < best {
-                            (best, at) = (e, (a, b));
-                        }
+                    put_bits(&mut out.scales[r * sb..(r + 1) * sb], d.bits, gi, cs as u32);
+                    if !sym {
+                        put_bits(&mut out.mins[r * sb..(r + 1) * sb], d.bits, gi, cm as u32);
                     }
+                    stats.overflowed_groups += (over_s || over_m) as u64;
+                    let spread = x.iter().any(|&v| v != x[0]);
+                    stats.zeroed_groups += (p.scale == 0.0 && spread) as u64;
+                    let codes = &mut out.codes[r * cb..(r + 1) * cb];
+                    ps.quantize(scheme, &p, x, gi * fmt.group, codes, &mut stats);
                 }
-                at
-            };
-            for (j, SearchFit { fit, sums }) in fits.iter().enumerate() {
-                let gi = g0 + j;
-                let x = group(gi);
-                let (mut cs, mut cm) = codes_of(fit);
-                if method == Method::Search && fs != 0.0 {
-                    (cs, cm) = best_near((cs, cm), sums);
-                    // One refinement: the codes rounded again with these parameters are
-                    // refitted, and the refit's parameter codes (or a neighbour's) taken
-                    // when they score lower on those codes.
-                    let p = decoded(fs, fm, cs, cm);
-                    let mut s2 = [Sums::default()];
-                    code_sums(scheme, x, p.min, &[p.inv], sums, &mut s2);
-                    if let Some((scale, min)) = s2[0].fit(sym, true) {
-                        let next = best_near(codes_of(&Fit { scale, min }), &s2[0]);
-                        let pn = decoded(fs, fm, next.0, next.1);
-                        if s2[0].err(pn.scale, pn.min) < s2[0].err(p.scale, p.min) {
-                            (cs, cm) = next;
-                        }
-                    }
-                }
-                let p = decoded(fs, fm, cs, cm);
-                put_bits(&mut out.scales[r * sb..(r + 1) * sb], d.bits, gi, cs as u32);
-                if !sym {
-                    put_bits(&mut out.mins[r * sb..(r + 1) * sb], d.bits, gi, cm as u32);
-                }
-                stats.overflowed_groups += (over_s || over_m) as u64;
-                let spread = x.iter().any(|&v| v != x[0]);
-                stats.zeroed_groups += (p.scale == 0.0 && spread) as u64;
-                let start = gi * fmt.group;
-                count_nonfinite(&src_row[start..start + x.len()], r * k + start, &mut stats);
-                let codes = &mut out.codes[r * cb..(r + 1) * cb];
-                quantize_span(scheme, &p, x, start, 0, codes, &mut stats);
             }
         }
     }
+    ps.finish(&mut stats);
     stats.count = src.len() as u64;
     stats
 }
@@ -269,24 +382,42 @@ mod tests {
     }
 
     fn run(method: Method, fmt: &QuantFormat, k: usize, x: &[f32]) -> ErrorStats {
+        run_on(crate::Isa::Scalar, method, fmt, k, x, 1).0
+    }
+
+    /// Runs `reps` times (outputs allocated once): the statistics and the best time.
+    fn run_on(
+        isa: crate::Isa,
+        method: Method,
+        fmt: &QuantFormat,
+        k: usize,
+        x: &[f32],
+        reps: usize,
+    ) -> (ErrorStats, f64) {
         let rows = x.len() / k;
         let mut c = vec![0u8; rows * fmt.code_bytes_per_row(k)];
         let mut s = vec![0u8; rows * fmt.scale_bytes_per_row(k)];
         let mut m = vec![0u8; rows * fmt.min_bytes_per_row(k)];
         let mut ss = vec![0u8; rows * fmt.super_bytes_per_row(k)];
         let mut sm = vec![0u8; rows * fmt.super_min_bytes_per_row(k)];
-        let out = RowsOut {
-            codes: &mut c,
-            scales: &mut s,
-            mins: &mut m,
-            super_scales: &mut ss,
-            super_mins: &mut sm,
-        };
-        if fmt.dq.is_some() {
-            quantize_rows(method, fmt, k, x, out)
-        } else {
-            crate::quantize_rows_by(crate::Isa::Scalar, method, fmt, k, crate::Src::F32(x), out)
+        let mut best = (ErrorStats::default(), f64::INFINITY);
+        for _ in 0..reps {
+            let out = RowsOut {
+                codes: &mut c,
+                scales: &mut s,
+                mins: &mut m,
+                super_scales: &mut ss,
+                super_mins: &mut sm,
+            };
+            let t = std::time::Instant::now();
+            let st = if fmt.dq.is_some() && isa == crate::Isa::Scalar {
+                quantize_rows(method, fmt, k, x, out)
+            } else {
+                crate::quantize_rows_by(isa, method, fmt, k, crate::Src::F32(x), out)
+            };
+            best = (st, best.1.min(t.elapsed().as_secs_f64()));
         }
+        best
     }
 
     #[test]
@@ -316,15 +447,28 @@ mod tests {
         ] {
             let bpw = fmt.bytes_per_row(k) as f64 * 8.0 / k as f64;
             let rtn = run(Method::Rtn, &fmt, k, &x);
-            let t = std::time::Instant::now();
             let se = run(Method::Search, &fmt, k, &x);
-            let dt = t.elapsed().as_secs_f64();
             eprintln!(
-                "{name:24} {bpw:.4} bpw  rtn {:.5}  search {:.5}  ({:.3} GB/s)",
+                "{name:24} {bpw:.4} bpw  rtn {:.5}  search {:.5}",
                 rtn.rmse(),
                 se.rmse(),
-                (x.len() * 4) as f64 / dt / 1e9
             );
+            // Single-thread speed of each path, GB/s of F32 input (best of 3; scalar once).
+            for isa in crate::Isa::available() {
+                let mut speeds = String::new();
+                for method in [Method::Rtn, Method::Search] {
+                    let reps = if isa == crate::Isa::Scalar { 1 } else { 3 };
+                    let (st, dt) = run_on(isa, method, &fmt, k, &x, reps);
+                    let want = if method == Method::Rtn { &rtn } else { &se };
+                    assert_eq!(st.rmse() as f32, want.rmse() as f32, "{isa} {method:?}");
+                    speeds += &format!(
+                        "  {} {:.3} GB/s",
+                        method.name(),
+                        (x.len() * 4) as f64 / dt / 1e9
+                    );
+                }
+                eprintln!("{:24} {isa:6}{speeds}", "");
+            }
         }
     }
 }

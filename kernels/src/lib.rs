@@ -466,8 +466,12 @@ impl Method {
     }
 }
 
-/// [`quantize_rows`] with parameters chosen by `method`. The search runs the
-/// scalar specification on every ISA (identical results by construction).
+/// [`quantize_rows`] with parameters chosen by `method`. Every `isa` gives the
+/// same codes, scales and mins, bit for bit (the scalar [`search`] and [`dq`]
+/// are the specification).
+///
+/// # Panics
+/// As [`quantize_rows`].
 pub fn quantize_rows_by(
     isa: Isa,
     method: Method,
@@ -476,20 +480,26 @@ pub fn quantize_rows_by(
     src: Src<'_>,
     out: RowsOut<'_>,
 ) -> ErrorStats {
+    if isa != Isa::Scalar {
+        assert!(isa.is_available(), "{isa} is not available on this CPU");
+    }
     if fmt.dq.is_some() {
-        // Double quantization has the scalar specification only, so far.
-        return match src {
-            Src::F32(x) => dq::quantize_rows(method, fmt, k, x, out),
-            Src::F16(x) => dq::quantize_rows(method, fmt, k, x, out),
-            Src::BF16(x) => dq::quantize_rows(method, fmt, k, x, out),
+        return match isa {
+            Isa::Scalar => match src {
+                Src::F32(x) => dq::quantize_rows(method, fmt, k, x, out),
+                Src::F16(x) => dq::quantize_rows(method, fmt, k, x, out),
+                Src::BF16(x) => dq::quantize_rows(method, fmt, k, x, out),
+            },
+            Isa::Avx2 => arch::avx2_dq_rows(method, fmt, k, src, out),
         };
     }
-    match method {
-        Method::Rtn => quantize_rows(isa, fmt, k, src, out),
-        Method::Search => match src {
+    match (method, isa) {
+        (Method::Rtn, _) => quantize_rows(isa, fmt, k, src, out),
+        (Method::Search, Isa::Scalar) => match src {
             Src::F32(x) => search::quantize_rows(fmt, k, x, out),
             Src::F16(x) => search::quantize_rows(fmt, k, x, out),
             Src::BF16(x) => search::quantize_rows(fmt, k, x, out),
         },
+        (Method::Search, Isa::Avx2) => arch::avx2_search_rows(fmt, k, src, out),
     }
 }

@@ -266,12 +266,23 @@ pub fn params_from_range_with<C: F16Convert>(
 /// Unlike [`params_from_range`], elements may fall below the min: their codes
 /// clamp. Used by the error-minimising search.
 pub fn params_from_scale_min(scheme: Scheme, dt: ScaleDtype, scale: f32, min: f32) -> GroupParams {
+    params_from_scale_min_with::<SoftF16>(scheme, dt, scale, min)
+}
+
+/// [`params_from_scale_min`] with a given F16 conversion (identical results).
+#[inline(always)]
+pub fn params_from_scale_min_with<C: F16Convert>(
+    scheme: Scheme,
+    dt: ScaleDtype,
+    scale: f32,
+    min: f32,
+) -> GroupParams {
     let mut overflowed = false;
-    let s = round_saturating::<SoftF16>(dt, scale, &mut overflowed);
+    let s = round_saturating::<C>(dt, scale, &mut overflowed);
     let m = if scheme.symmetric() {
         Stored { v: 0.0, bits: 0 }
     } else {
-        round_saturating::<SoftF16>(dt, min, &mut overflowed)
+        round_saturating::<C>(dt, min, &mut overflowed)
     };
     finish(s, m, overflowed, true)
 }

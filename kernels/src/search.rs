@@ -23,15 +23,28 @@
 //! Version-1 files store the fit rounded to the scale dtype
 //! ([`quantize_rows`]); with double quantization the fit goes through
 //! [`crate::dq`].
+//!
+//! The row drivers here and in [`crate::dq`] are written once, over a
+//! crate-private `Passes` trait that holds the per-element passes (and a few
+//! per-group steps that the SIMD kernels do eight groups at a time): its
+//! scalar implementation is this module's functions, the specification; the
+//! AVX2 one (`arch`) returns the same bits, error statistics aside (equal up
+//! to summation order). [`crate::quantize_rows_by`] picks one by [`Isa`];
+//! [`code_sums_on`], [`sums_of_on`], [`fit_search_on`] and
+//! [`fit_search_groups_on`] expose the passes for tests.
 
 use crate::scalar::{
-    check_sizes, count_nonfinite, finite_or_zero, params_from_scale_min, put_params, quantize_span,
-    Element, GroupParams,
+    check_sizes, count_nonfinite, finite_or_zero, group_range, params_from_range_with,
+    params_from_scale_min_with, put_params, quantize_span, Element, F16Convert, GroupParams,
+    SoftF16,
 };
-use crate::{ErrorStats, QuantFormat, RowsOut, Scheme};
+use crate::{ErrorStats, Isa, QuantFormat, RowsOut, Scheme};
 
 /// Lanes of the summation order every kernel follows (one AVX2 register of f32).
 pub const LANES: usize = 8;
+
+/// Groups the row drivers take a step at a time.
+pub(crate) const BATCH: usize = 8;
 
 /// Candidate inverse scales per group (besides round-to-nearest's own).
 pub const CANDIDATES: usize = 11;
@@ -92,12 +105,24 @@ pub struct Fit {
 /// With `nonpositive_min` the range is widened to include 0 (double
 /// quantization stores mins as `−code·factor`).
 pub fn fit_rtn(scheme: Scheme, x: &[f32], nonpositive_min: bool) -> Fit {
+    let (lo, hi) = rtn_range(x, nonpositive_min);
+    fit_from_range(scheme, lo, hi)
+}
+
+/// The range [`fit_rtn`] fits: the smallest and largest of `x`, and 0 with
+/// `nonpositive_min` or when `x` is empty (either sign of zero may come out).
+pub fn rtn_range(x: &[f32], nonpositive_min: bool) -> (f32, f32) {
     let start = if nonpositive_min || x.is_empty() {
         (0.0f32, 0.0f32)
     } else {
         (f32::INFINITY, f32::NEG_INFINITY)
     };
-    let (lo, hi) = x.iter().fold(start, |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    x.iter().fold(start, |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// Round-to-nearest's parameters from the range of [`rtn_range`].
+#[inline(always)]
+pub fn fit_from_range(scheme: Scheme, lo: f32, hi: f32) -> Fit {
     // −0 and +0 compare equal, so the reductions may return either: make zeros +0.
     let (lo, hi) = (lo + 0.0, hi + 0.0);
     match scheme {
@@ -223,15 +248,32 @@ pub struct SearchFit {
 
 /// The error-minimising fit of a group of finite values (module documentation).
 pub fn fit_search(scheme: Scheme, x: &[f32], nonpositive_min: bool) -> SearchFit {
-    let rtn = fit_rtn(scheme, x, nonpositive_min);
-    let whole = Sums::of(x);
+    fit_search_with(&mut Scalar, scheme, x, nonpositive_min)
+}
+
+/// [`fit_search`] with the per-element passes of `p` (identical results).
+#[inline(always)]
+pub(crate) fn fit_search_with<P: Passes>(
+    p: &mut P,
+    scheme: Scheme,
+    x: &[f32],
+    nonpositive_min: bool,
+) -> SearchFit {
+    let (lo, hi, whole) = p.range_and_sums(x, nonpositive_min);
+    let rtn = fit_from_range(scheme, lo, hi);
     if rtn.scale == 0.0 {
         return SearchFit {
             fit: rtn,
             sums: whole,
         };
     }
-    let sym = scheme.symmetric();
+    p.candidates(scheme, x, &rtn, &whole, nonpositive_min)
+}
+
+/// The candidate inverse scales of a group with round-to-nearest's fit `rtn`
+/// (scale ≠ 0): `1 / scale`, then [`CANDIDATES`] from [`candidate_steps`].
+#[inline(always)]
+pub fn candidate_invs(scheme: Scheme, rtn: &Fit) -> [f32; CANDIDATES + 1] {
     let l = levels(scheme);
     let extent = rtn.scale * l;
     let mut invs = [0.0f32; CANDIDATES + 1];
@@ -239,10 +281,25 @@ pub fn fit_search(scheme: Scheme, x: &[f32], nonpositive_min: bool) -> SearchFit
     for (i, inv) in invs[1..].iter_mut().enumerate() {
         *inv = candidate_steps(l, i) / extent;
     }
+    invs
+}
+
+/// The end of [`fit_search`] once round-to-nearest's fit `rtn` (scale ≠ 0) and the
+/// sums of `x` are known: the candidates' code sums, fits and errors, and the choice.
+#[inline(always)]
+fn search_candidates(
+    scheme: Scheme,
+    x: &[f32],
+    rtn: &Fit,
+    whole: &Sums,
+    nonpositive_min: bool,
+) -> SearchFit {
+    let sym = scheme.symmetric();
+    let invs = candidate_invs(scheme, rtn);
     let mut sums = [Sums::default(); CANDIDATES + 1];
-    code_sums(scheme, x, rtn.min, &invs, &whole, &mut sums);
+    code_sums(scheme, x, rtn.min, &invs, whole, &mut sums);
     let mut best = SearchFit {
-        fit: rtn,
+        fit: *rtn,
         sums: sums[0],
     };
     let mut best_err = sums[0].err(rtn.scale, rtn.min);
@@ -267,21 +324,388 @@ pub fn fit_search(scheme: Scheme, x: &[f32], nonpositive_min: bool) -> SearchFit
 /// (rounded) replaces them when it scores lower on those codes. A constant or
 /// empty group gets round-to-nearest's exact parameters.
 pub fn stored_fit(fmt: &QuantFormat, x: &[f32]) -> GroupParams {
-    let (scheme, dt) = (fmt.scheme, fmt.scale_dtype);
-    let SearchFit { fit: f, sums } = fit_search(scheme, x, false);
-    if f.scale == 0.0 {
-        return crate::scalar::group_params(scheme, dt, x);
-    }
-    let p = params_from_scale_min(scheme, dt, f.scale, f.min);
+    stored_fit_with(&mut Scalar, fmt, x)
+}
+
+/// [`stored_fit`] with the per-element passes of `p` (identical results).
+#[inline(always)]
+pub(crate) fn stored_fit_with<P: Passes>(p: &mut P, fmt: &QuantFormat, x: &[f32]) -> GroupParams {
+    let found = fit_search_with(p, fmt.scheme, x, false);
+    stored_from_search(p, fmt, x, &found)
+}
+
+/// The end of [`stored_fit`], from the group's [`fit_search`].
+#[inline(always)]
+fn stored_from_search<P: Passes>(
+    p: &mut P,
+    fmt: &QuantFormat,
+    x: &[f32],
+    found: &SearchFit,
+) -> GroupParams {
+    let q = match stored_first::<P::F16>(fmt, x, found) {
+        Ok(q) => q,
+        Err(done) => return done,
+    };
     let mut s2 = [Sums::default()];
-    code_sums(scheme, x, p.min, &[p.inv], &sums, &mut s2);
-    let refit = s2[0]
+    p.code_sums(fmt.scheme, x, q.min, &[q.inv], &found.sums, &mut s2);
+    stored_refined::<P::F16>(fmt, &q, &s2[0])
+}
+
+/// Parameters not yet chosen (array initialisers).
+pub(crate) const UNSET: GroupParams = GroupParams {
+    scale: 0.0,
+    min: 0.0,
+    inv: 0.0,
+    overflowed: false,
+    zeroed: false,
+    scale_bits: 0,
+    min_bits: 0,
+};
+
+/// [`stored_from_search`] of consecutive groups (`x` cut into groups of `fmt.group`,
+/// at most [`BATCH`]), a step at a time: their parameters into `out`.
+#[inline(always)]
+pub(crate) fn stored_batch<P: Passes>(
+    p: &mut P,
+    fmt: &QuantFormat,
+    x: &[f32],
+    found: &[SearchFit],
+    out: &mut [GroupParams],
+) {
+    let n = out.len().min(found.len()).min(BATCH);
+    let mut first = [Err(UNSET); BATCH];
+    let (mut bases, mut invs) = ([0.0f32; BATCH], [0.0f32; BATCH]);
+    let mut wholes = [Sums::default(); BATCH];
+    for (j, group) in x.chunks(fmt.group).take(n).enumerate() {
+        first[j] = stored_first::<P::F16>(fmt, group, &found[j]);
+        if let Ok(q) = first[j] {
+            (bases[j], invs[j]) = (q.min, q.inv);
+        }
+        wholes[j] = found[j].sums;
+    }
+    let mut s2 = [Sums::default(); BATCH];
+    let (b, i, w) = (&bases[..n], &invs[..n], &wholes[..n]);
+    p.code_sums_groups(fmt.scheme, x, fmt.group, b, i, w, &mut s2[..n]);
+    for j in 0..n {
+        out[j] = match first[j] {
+            Ok(q) => stored_refined::<P::F16>(fmt, &q, &s2[j]),
+            Err(done) => done,
+        };
+    }
+}
+
+/// The first step of [`stored_from_search`]: the search's fit rounded to the scale
+/// dtype (`Ok`), or the final parameters of a group whose fit has a zero scale (`Err`).
+#[inline(always)]
+fn stored_first<C: F16Convert>(
+    fmt: &QuantFormat,
+    x: &[f32],
+    found: &SearchFit,
+) -> Result<GroupParams, GroupParams> {
+    let (scheme, dt) = (fmt.scheme, fmt.scale_dtype);
+    let f = found.fit;
+    if f.scale == 0.0 {
+        let (lo, hi) = group_range(x);
+        return Err(params_from_range_with::<C>(scheme, dt, lo, hi));
+    }
+    Ok(params_from_scale_min_with::<C>(scheme, dt, f.scale, f.min))
+}
+
+/// The last step of [`stored_from_search`]: with `s2` the sums of the codes rounded
+/// again with `q`, their refit (rounded) when it scores lower on them, else `q`.
+#[inline(always)]
+fn stored_refined<C: F16Convert>(fmt: &QuantFormat, q: &GroupParams, s2: &Sums) -> GroupParams {
+    let (scheme, dt) = (fmt.scheme, fmt.scale_dtype);
+    let refit = s2
         .fit(scheme.symmetric(), false)
-        .map(|(scale, min)| params_from_scale_min(scheme, dt, scale, min))
-        .filter(|q| !q.overflowed && !q.zeroed && q.scale != 0.0);
+        .map(|(scale, min)| params_from_scale_min_with::<C>(scheme, dt, scale, min))
+        .filter(|r| !r.overflowed && !r.zeroed && r.scale != 0.0);
     match refit {
-        Some(q) if s2[0].err(q.scale, q.min) < s2[0].err(p.scale, p.min) => q,
-        _ => p,
+        Some(r) if s2.err(r.scale, r.min) < s2.err(q.scale, q.min) => r,
+        _ => *q,
+    }
+}
+
+/// The per-element passes of the search and of double quantization, and the
+/// steps of a few groups at a time that SIMD kernels do with one group per lane,
+/// one implementation per instruction set. [`Scalar`] and the default methods
+/// (this module's and [`crate::dq`]'s functions) are the specification; every
+/// other implementation returns the same bits (the error statistics of
+/// [`Passes::quantize`] up to summation order).
+pub(crate) trait Passes {
+    /// How f32 values are rounded to F16 (the same results either way).
+    type F16: F16Convert;
+    /// [`rtn_range`] (up to the sign of zeros).
+    fn range(&mut self, x: &[f32], nonpositive_min: bool) -> (f32, f32);
+    /// [`rtn_range`] (up to the sign of zeros) and [`Sums::of`].
+    fn range_and_sums(&mut self, x: &[f32], nonpositive_min: bool) -> (f32, f32, Sums);
+    /// [`fit_search`] of consecutive groups: `x` cut into groups of `g` elements
+    /// (the last may be shorter), one fit per group into `out`.
+    #[inline(always)]
+    fn fit_search_groups(
+        &mut self,
+        scheme: Scheme,
+        x: &[f32],
+        g: usize,
+        nonpositive_min: bool,
+        out: &mut [SearchFit],
+    ) where
+        Self: Sized,
+    {
+        for (o, group) in out.iter_mut().zip(x.chunks(g)) {
+            *o = fit_search_with(self, scheme, group, nonpositive_min);
+        }
+    }
+    /// The version-1 parameters of consecutive groups from their fits
+    /// ([`stored_batch`]: the end of [`stored_fit`] for each).
+    #[inline(always)]
+    fn stored_groups(
+        &mut self,
+        fmt: &QuantFormat,
+        x: &[f32],
+        found: &[SearchFit],
+        out: &mut [GroupParams],
+    ) where
+        Self: Sized,
+    {
+        stored_batch(self, fmt, x, found, out)
+    }
+    /// [`code_sums`] of consecutive groups (cut as in [`Passes::fit_search_groups`])
+    /// with one base and inverse scale each: `out[i]` from `wholes[i]`, `bases[i]`,
+    /// `invs[i]`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn code_sums_groups(
+        &mut self,
+        scheme: Scheme,
+        x: &[f32],
+        g: usize,
+        bases: &[f32],
+        invs: &[f32],
+        wholes: &[Sums],
+        out: &mut [Sums],
+    ) {
+        for (i, (o, group)) in out.iter_mut().zip(x.chunks(g)).enumerate() {
+            let o = std::slice::from_mut(o);
+            self.code_sums(scheme, group, bases[i], &invs[i..i + 1], &wholes[i], o);
+        }
+    }
+    /// Double quantization's scale and min codes of consecutive groups of a
+    /// super-group ([`crate::dq::choose_codes`], which is the specification).
+    #[inline(always)]
+    fn choose_codes(
+        &mut self,
+        c: &crate::dq::Codes,
+        scheme: Scheme,
+        x: &[f32],
+        g: usize,
+        fits: &[SearchFit],
+        out: &mut [(i32, i32)],
+    ) where
+        Self: Sized,
+    {
+        crate::dq::choose_codes(self, c, scheme, x, g, fits, out)
+    }
+    /// Double quantization's choice of scale and min codes near `c`
+    /// ([`crate::dq::best_near`]).
+    #[inline(always)]
+    fn best_near(
+        &mut self,
+        sym: bool,
+        range: (i32, i32),
+        factors: (f32, f32),
+        c: (i32, i32),
+        sums: &Sums,
+    ) -> (i32, i32) {
+        crate::dq::best_near(sym, range, factors, c, sums)
+    }
+    /// The end of [`fit_search`]: [`search_candidates`].
+    fn candidates(
+        &mut self,
+        scheme: Scheme,
+        x: &[f32],
+        rtn: &Fit,
+        whole: &Sums,
+        nonpositive_min: bool,
+    ) -> SearchFit;
+    /// [`code_sums`].
+    fn code_sums(
+        &mut self,
+        scheme: Scheme,
+        x: &[f32],
+        base: f32,
+        invs: &[f32],
+        whole: &Sums,
+        out: &mut [Sums],
+    );
+    /// The codes of a group of finite values `x` with parameters `p`, written at
+    /// row position `start` of the packed row `codes`, and their error statistics
+    /// (added to `stats`, or kept until [`Passes::finish`]).
+    fn quantize(
+        &mut self,
+        scheme: Scheme,
+        p: &GroupParams,
+        x: &[f32],
+        start: usize,
+        codes: &mut [u8],
+        stats: &mut ErrorStats,
+    );
+    /// Adds the statistics still kept to `stats`.
+    fn finish(&mut self, stats: &mut ErrorStats);
+}
+
+/// Conversion of a row of `T` to f32 (one implementation per instruction set).
+pub(crate) trait Convert<T> {
+    /// Writes `src` as f32 into `dst` (same length) with NaN and ±Inf read as 0;
+    /// returns whether every element was finite.
+    fn convert(&mut self, src: &[T], dst: &mut [f32]) -> bool;
+}
+
+/// The scalar passes: the specification.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Scalar;
+
+impl Passes for Scalar {
+    type F16 = SoftF16;
+
+    #[inline(always)]
+    fn range(&mut self, x: &[f32], nonpositive_min: bool) -> (f32, f32) {
+        rtn_range(x, nonpositive_min)
+    }
+
+    #[inline(always)]
+    fn range_and_sums(&mut self, x: &[f32], nonpositive_min: bool) -> (f32, f32, Sums) {
+        let (lo, hi) = rtn_range(x, nonpositive_min);
+        (lo, hi, Sums::of(x))
+    }
+
+    #[inline(always)]
+    fn candidates(
+        &mut self,
+        scheme: Scheme,
+        x: &[f32],
+        rtn: &Fit,
+        whole: &Sums,
+        nonpositive_min: bool,
+    ) -> SearchFit {
+        search_candidates(scheme, x, rtn, whole, nonpositive_min)
+    }
+
+    #[inline(always)]
+    fn code_sums(
+        &mut self,
+        scheme: Scheme,
+        x: &[f32],
+        base: f32,
+        invs: &[f32],
+        whole: &Sums,
+        out: &mut [Sums],
+    ) {
+        code_sums(scheme, x, base, invs, whole, out)
+    }
+
+    #[inline(always)]
+    fn quantize(
+        &mut self,
+        scheme: Scheme,
+        p: &GroupParams,
+        x: &[f32],
+        start: usize,
+        codes: &mut [u8],
+        stats: &mut ErrorStats,
+    ) {
+        quantize_span(scheme, p, x, start, 0, codes, stats)
+    }
+
+    #[inline(always)]
+    fn finish(&mut self, _stats: &mut ErrorStats) {}
+}
+
+impl<T: Element> Convert<T> for Scalar {
+    #[inline(always)]
+    fn convert(&mut self, src: &[T], dst: &mut [f32]) -> bool {
+        let mut finite = true;
+        for (d, v) in dst.iter_mut().zip(src) {
+            let x = v.to_f32();
+            finite &= x.is_finite();
+            *d = finite_or_zero(x);
+        }
+        finite
+    }
+}
+
+/// [`code_sums`] run by `isa` (the same bits on every one).
+///
+/// # Panics
+/// If `isa` is not available on this CPU, or `out` is shorter than `invs`.
+pub fn code_sums_on(
+    isa: Isa,
+    scheme: Scheme,
+    x: &[f32],
+    base: f32,
+    invs: &[f32],
+    whole: &Sums,
+    out: &mut [Sums],
+) {
+    assert!(out.len() >= invs.len(), "one output per inverse scale");
+    match isa {
+        Isa::Scalar => code_sums(scheme, x, base, invs, whole, out),
+        Isa::Avx2 => {
+            assert!(isa.is_available(), "{isa} is not available on this CPU");
+            crate::arch::avx2_code_sums(scheme, x, base, invs, whole, out)
+        }
+    }
+}
+
+/// [`fit_search`] run by `isa` (the same bits on every one).
+///
+/// # Panics
+/// If `isa` is not available on this CPU.
+pub fn fit_search_on(isa: Isa, scheme: Scheme, x: &[f32], nonpositive_min: bool) -> SearchFit {
+    match isa {
+        Isa::Scalar => fit_search(scheme, x, nonpositive_min),
+        Isa::Avx2 => {
+            assert!(isa.is_available(), "{isa} is not available on this CPU");
+            crate::arch::avx2_fit_search(scheme, x, nonpositive_min)
+        }
+    }
+}
+
+/// [`fit_search`] of consecutive groups run by `isa` (the same bits on every one):
+/// `x` cut into groups of `g` elements (the last may be shorter), one fit per group
+/// into `out` (as many as fit).
+///
+/// # Panics
+/// If `isa` is not available on this CPU, or `g == 0`.
+pub fn fit_search_groups_on(
+    isa: Isa,
+    scheme: Scheme,
+    x: &[f32],
+    g: usize,
+    nonpositive_min: bool,
+    out: &mut [SearchFit],
+) {
+    assert!(g > 0, "group size must be at least 1");
+    match isa {
+        Isa::Scalar => Scalar.fit_search_groups(scheme, x, g, nonpositive_min, out),
+        Isa::Avx2 => {
+            assert!(isa.is_available(), "{isa} is not available on this CPU");
+            crate::arch::avx2_fit_search_groups(scheme, x, g, nonpositive_min, out)
+        }
+    }
+}
+
+/// [`Sums::of`] run by `isa` (the same bits on every one).
+///
+/// # Panics
+/// If `isa` is not available on this CPU.
+pub fn sums_of_on(isa: Isa, x: &[f32]) -> Sums {
+    match isa {
+        Isa::Scalar => Sums::of(x),
+        Isa::Avx2 => {
+            assert!(isa.is_available(), "{isa} is not available on this CPU");
+            crate::arch::avx2_sums_of(x)
+        }
     }
 }
 
@@ -292,27 +716,60 @@ pub fn quantize_rows<T: Element>(
     fmt: &QuantFormat,
     k: usize,
     src: &[T],
+    out: RowsOut<'_>,
+) -> ErrorStats {
+    quantize_rows_with(&mut Scalar, fmt, k, src, out)
+}
+
+/// [`quantize_rows`] with the per-element passes of `p` (identical results).
+#[inline(always)]
+pub(crate) fn quantize_rows_with<T: Element, P: Passes + Convert<T>>(
+    p: &mut P,
+    fmt: &QuantFormat,
+    k: usize,
+    src: &[T],
     mut out: RowsOut<'_>,
 ) -> ErrorStats {
     let mut stats = ErrorStats::default();
     let rows = check_sizes(fmt, k, src.len(), &out);
     let cb = fmt.code_bytes_per_row(k);
-    let mut buf = Vec::with_capacity(fmt.group.min(k));
+    let gpr = fmt.groups_per_row(k);
+    let mut row = vec![0.0f32; if rows > 0 { k } else { 0 }];
     for r in 0..rows {
-        let row = &src[r * k..(r + 1) * k];
-        for (gi, start) in (0..k).step_by(fmt.group).enumerate() {
-            let group = &row[start..(start + fmt.group).min(k)];
-            buf.clear();
-            buf.extend(group.iter().map(|v| finite_or_zero(v.to_f32())));
-            let p = stored_fit(fmt, &buf);
-            put_params(fmt, k, &mut out, r, gi, &p);
-            stats.overflowed_groups += p.overflowed as u64;
-            stats.zeroed_groups += p.zeroed as u64;
-            count_nonfinite(group, r * k + start, &mut stats);
-            let codes = &mut out.codes[r * cb..(r + 1) * cb];
-            quantize_span(fmt.scheme, &p, group, start, 0, codes, &mut stats);
+        let src_row = &src[r * k..(r + 1) * k];
+        if !p.convert(src_row, &mut row) {
+            count_nonfinite(src_row, r * k, &mut stats);
+        }
+        // A few groups at a time, each step for all of them (the same results as
+        // group by group): independent work side by side for out-of-order CPUs.
+        let group = |gi: usize| &row[gi * fmt.group..((gi + 1) * fmt.group).min(k)];
+        let none = SearchFit {
+            fit: Fit {
+                scale: 0.0,
+                min: 0.0,
+            },
+            sums: Sums::default(),
+        };
+        for g0 in (0..gpr).step_by(BATCH) {
+            let g1 = (g0 + BATCH).min(gpr);
+            let mut found = [none; BATCH];
+            let run = &row[g0 * fmt.group..(g1 * fmt.group).min(k)];
+            p.fit_search_groups(fmt.scheme, run, fmt.group, false, &mut found[..g1 - g0]);
+            let mut params = [UNSET; BATCH];
+            let n = g1 - g0;
+            p.stored_groups(fmt, run, &found[..n], &mut params[..n]);
+            for (j, gi) in (g0..g1).enumerate() {
+                let x = group(gi);
+                let gp = params[j];
+                put_params(fmt, k, &mut out, r, gi, &gp);
+                stats.overflowed_groups += gp.overflowed as u64;
+                stats.zeroed_groups += gp.zeroed as u64;
+                let codes = &mut out.codes[r * cb..(r + 1) * cb];
+                p.quantize(fmt.scheme, &gp, x, gi * fmt.group, codes, &mut stats);
+            }
         }
     }
+    p.finish(&mut stats);
     stats.count = src.len() as u64;
     stats
 }

@@ -3,7 +3,8 @@
 //! tested against `scalar`, the specification.
 
 use crate::ggml::GgmlType;
-use crate::{ErrorStats, QuantFormat, RowsOut, Src};
+use crate::search::{SearchFit, Sums};
+use crate::{ErrorStats, Method, QuantFormat, RowsOut, Scheme, Src};
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -49,6 +50,109 @@ pub(crate) fn avx2_ggml_quantize_blocks(ty: GgmlType, src: Src<'_>, out: &mut [u
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (ty, src, out);
+        unreachable!("AVX2 is never available off x86_64")
+    }
+}
+
+/// The AVX2 search kernels ([`crate::search::quantize_rows`]); the caller has checked [`avx2_available`].
+pub(crate) fn avx2_search_rows(
+    fmt: &QuantFormat,
+    k: usize,
+    src: Src<'_>,
+    out: RowsOut<'_>,
+) -> ErrorStats {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::search_avx2::search_rows(fmt, k, src, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (fmt, k, src, out);
+        unreachable!("AVX2 is never available off x86_64")
+    }
+}
+
+/// The AVX2 double-quantization kernels ([`crate::dq::quantize_rows`]); the caller has
+/// checked [`avx2_available`].
+pub(crate) fn avx2_dq_rows(
+    method: Method,
+    fmt: &QuantFormat,
+    k: usize,
+    src: Src<'_>,
+    out: RowsOut<'_>,
+) -> ErrorStats {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::search_avx2::dq_rows(method, fmt, k, src, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (method, fmt, k, src, out);
+        unreachable!("AVX2 is never available off x86_64")
+    }
+}
+
+/// The AVX2 [`crate::search::code_sums`]; the caller has checked [`avx2_available`].
+pub(crate) fn avx2_code_sums(
+    scheme: Scheme,
+    x: &[f32],
+    base: f32,
+    invs: &[f32],
+    whole: &Sums,
+    out: &mut [Sums],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::search_avx2::code_sums_entry(scheme, x, base, invs, whole, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (scheme, x, base, invs, whole, out);
+        unreachable!("AVX2 is never available off x86_64")
+    }
+}
+
+/// The AVX2 [`crate::search::Sums::of`]; the caller has checked [`avx2_available`].
+pub(crate) fn avx2_sums_of(x: &[f32]) -> Sums {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::search_avx2::sums_of_entry(x)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = x;
+        unreachable!("AVX2 is never available off x86_64")
+    }
+}
+
+/// The AVX2 [`crate::search::fit_search`]; the caller has checked [`avx2_available`].
+pub(crate) fn avx2_fit_search(scheme: Scheme, x: &[f32], nonpositive_min: bool) -> SearchFit {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::search_avx2::fit_search_entry(scheme, x, nonpositive_min)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (scheme, x, nonpositive_min);
+        unreachable!("AVX2 is never available off x86_64")
+    }
+}
+
+/// The AVX2 fits of consecutive groups; the caller has checked [`avx2_available`].
+pub(crate) fn avx2_fit_search_groups(
+    scheme: Scheme,
+    x: &[f32],
+    g: usize,
+    nonpositive_min: bool,
+    out: &mut [SearchFit],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::search_avx2::fit_search_groups_entry(scheme, x, g, nonpositive_min, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (scheme, x, g, nonpositive_min, out);
         unreachable!("AVX2 is never available off x86_64")
     }
 }

@@ -21,7 +21,7 @@ use crate::scalar::{
 use crate::{ErrorStats, QuantFormat, RowsOut, ScaleDtype, Scheme, Src};
 
 /// Eight elements loaded as f32 lanes.
-trait Load8: Element {
+pub(super) trait Load8: Element {
     /// Loads `p[0..8]`.
     ///
     /// # Safety
@@ -57,13 +57,14 @@ impl Load8 for bf16 {
 }
 
 /// F16 conversion with F16C instructions (the same IEEE results as software).
-struct F16c;
+pub(super) struct F16c;
 
 impl F16Convert for F16c {
     #[inline(always)]
     fn encode(v: f32) -> u16 {
-        // SAFETY: this private type is used only inside the AVX2 kernels, which run only
-        // after `crate::quantize_rows` checked that the CPU has F16C.
+        // SAFETY: this private type is used only inside the AVX2 kernels (here and in
+        // `search_avx2`), which run only after their entry points (`crate::quantize_rows`,
+        // `crate::quantize_rows_by`, the `search::*_on` helpers) checked that the CPU has F16C.
         unsafe {
             _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))) as u16
         }
@@ -114,10 +115,10 @@ impl Acc {
     }
 }
 
-const SYM8: u8 = 0;
-const ASYM8: u8 = 1;
-const SYM4: u8 = 2;
-const ASYM4: u8 = 3;
+pub(super) const SYM8: u8 = 0;
+pub(super) const ASYM8: u8 = 1;
+pub(super) const SYM4: u8 = 2;
+pub(super) const ASYM4: u8 = 3;
 
 /// Quantizes whole rows; see [`crate::quantize_rows`].
 pub(crate) fn quantize_rows(
@@ -520,8 +521,12 @@ unsafe fn range<T: Load8>(group: &[T], body: usize) -> (f32, f32, bool) {
     }
 }
 
+/// Smallest lane.
+///
+/// # Safety
+/// AVX.
 #[inline(always)]
-unsafe fn hmin(v: __m256) -> f32 {
+pub(super) unsafe fn hmin(v: __m256) -> f32 {
     // SAFETY: register-only operations.
     unsafe {
         let m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));

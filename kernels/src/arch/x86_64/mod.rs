@@ -2,3 +2,4 @@
 
 pub(crate) mod avx2;
 pub(crate) mod ggml_avx2;
+pub(crate) mod search_avx2;
