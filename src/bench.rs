@@ -275,8 +275,15 @@ pub fn run(opts: &BenchOptions, progress: &ProgressBar) -> Result<BenchReport> {
                             scheme: Some(format!(
                                 "{}{}{}",
                                 scheme.name(),
-                                f.dq.map_or(String::new(), |d| format!(" dq{}/{}", d.bits, d.groups)),
-                                if method == Method::Search { " search" } else { "" }
+                                f.dq.map_or(String::new(), |d| format!(
+                                    " dq{}/{}",
+                                    d.bits, d.groups
+                                )),
+                                if method == Method::Search {
+                                    " search"
+                                } else {
+                                    ""
+                                }
                             )),
                             group_size: Some(group),
                             isa: Some(isa.name().into()),
