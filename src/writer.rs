@@ -3,6 +3,9 @@
 //! Every output file is written under a temporary name in its destination
 //! directory, at offsets known from the plan, then checked for its planned
 //! length, fsynced, renamed to its final name, and the directory fsynced.
+//! While it is written, a background thread flushes it to the disk every
+//! [`FLUSH_EVERY`] bytes, so that the disk works while the kernels do and the
+//! final fsync only waits for the tail.
 //! Dropping an unfinished file removes the temporary. Output paths are
 //! resolved here too, with the checks that keep the input untouched.
 
@@ -10,8 +13,14 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
 
 use crate::checkpoint::{Checkpoint, INDEX_FILE};
+
+/// Bytes written between two background flushes of an output file.
+pub const FLUSH_EVERY: u64 = 8 << 20;
 
 /// The marker in the names of temporary files.
 pub const TMP_MARKER: &str = ".shrinkray-tmp";
@@ -53,6 +62,42 @@ pub struct PendingFile {
     tmp_path: PathBuf,
     file: Option<File>,
     len: u64,
+    /// Bytes written since the last flush request.
+    unflushed: AtomicU64,
+    flusher: Option<Flusher>,
+}
+
+/// A thread that `fdatasync`s the file on request (requests that arrive while
+/// one runs are merged), and returns the first error.
+#[derive(Debug)]
+struct Flusher {
+    requests: SyncSender<()>,
+    thread: JoinHandle<io::Result<()>>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> Option<Flusher> {
+        let file = file.try_clone().ok()?;
+        let (requests, rx) = sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("shrinkray-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })
+            .ok()?;
+        Some(Flusher { requests, thread })
+    }
+
+    /// Stops the thread and returns its first error.
+    fn stop(self) -> io::Result<()> {
+        drop(self.requests);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the flush thread panicked")))
+    }
 }
 
 impl PendingFile {
@@ -72,11 +117,14 @@ impl PendingFile {
             .truncate(true)
             .open(&tmp_path)
             .map_err(io_err(&tmp_path, "cannot create temporary output file"))?;
+        let flusher = Flusher::start(&file);
         let pending = PendingFile {
             final_path: final_path.to_path_buf(),
             tmp_path,
             file: Some(file),
             len,
+            unflushed: AtomicU64::new(0),
+            flusher,
         };
         // Reserve the blocks now, so that a full disk stops the run before any
         // work (KEEP_SIZE: the length check in `finish` still sees what was
@@ -123,7 +171,19 @@ impl PendingFile {
                 _ => "write failed".to_string(),
             };
             io_err(&self.final_path, what)(e)
-        })
+        })?;
+        let n = self
+            .unflushed
+            .fetch_add(buf.len() as u64, Ordering::Relaxed)
+            + buf.len() as u64;
+        if n >= FLUSH_EVERY {
+            self.unflushed.store(0, Ordering::Relaxed);
+            if let Some(f) = &self.flusher {
+                // Full: a flush is already queued, which will cover these bytes too.
+                let _ = f.requests.try_send(());
+            }
+        }
+        Ok(())
     }
 
     /// Checks the length, fsyncs, renames to the final name and fsyncs the directory.
@@ -138,6 +198,10 @@ impl PendingFile {
                 path: self.tmp_path.clone(),
                 reason: format!("internal error: wrote {got} bytes, planned {}", self.len),
             });
+        }
+        if let Some(f) = self.flusher.take() {
+            f.stop()
+                .map_err(io_err(&self.tmp_path, "background flush to disk failed"))?;
         }
         file.sync_all()
             .map_err(io_err(&self.tmp_path, "fsync failed"))?;
@@ -156,6 +220,9 @@ impl PendingFile {
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
+        if let Some(f) = self.flusher.take() {
+            let _ = f.stop();
+        }
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp_path);
         }
