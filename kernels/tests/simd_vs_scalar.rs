@@ -24,7 +24,7 @@ impl Bits {
     }
 }
 
-const PATTERNS: usize = 9;
+const PATTERNS: usize = 11;
 
 /// Values of adversarial pattern `kind` for a group size `g`.
 fn values(kind: usize, n: usize, g: usize, bits: &mut Bits) -> Vec<f32> {
@@ -60,7 +60,9 @@ fn values(kind: usize, n: usize, g: usize, bits: &mut Bits) -> Vec<f32> {
                         ((bits.next() % 254) as f32 - 127.0) + 0.5
                     }
                 }
-                _ => u * 65504.0 * 4.0, // beyond F16 scales for int4/int8 (saturated, flagged)
+                8 => u * 65504.0 * 4.0, // beyond F16 scales for int4/int8 (saturated, flagged)
+                9 => u * 1e20,          // squares beyond f32: error sums must not overflow
+                _ => u * 1e30,
             }
         })
         .collect()
@@ -100,6 +102,9 @@ fn run(isa: Isa, f: &QuantFormat, k: usize, src: Src<'_>) -> Out {
 /// Equal up to summation order (relative 1e-5), plus what squaring in f32 may lose:
 /// each square below f32's smallest normal (|e| < 1e-19) can flush to 0.
 fn close(a: f64, b: f64, count: u64) -> bool {
+    if a.is_finite() != b.is_finite() {
+        return false; // an overflowed sum is never "close" to a finite one
+    }
     let floor = count as f64 * f32::MIN_POSITIVE as f64;
     a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + floor || (a.is_nan() && b.is_nan())
 }

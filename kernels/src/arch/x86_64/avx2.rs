@@ -223,6 +223,11 @@ unsafe fn rows_of<T: Load8, const S: u8>(
             stats.overflowed_groups += p.overflowed as u64;
             stats.zeroed_groups += p.zeroed as u64;
             let codes = &mut out.codes[r * cb..(r + 1) * cb];
+            if lo.abs().max(hi.abs()) >= HUGE {
+                // The specification's own loop: the same codes, error sums in f64.
+                quantize_span(fmt.scheme, &p, group, start, 0, codes, &mut stats);
+                continue;
+            }
             // SAFETY: start is a multiple of 8 (checked by `rows`), so vector stores stay inside
             // this group's bytes of `codes`; body ≤ group.len().
             unsafe { code_body::<T, S>(&p, group, body, codes, start, &mut acc) };
@@ -240,6 +245,10 @@ unsafe fn rows_of<T: Load8, const S: u8>(
     stats.count = src.len() as u64;
     stats
 }
+
+/// Magnitude (2^59) from which a group's squares, summed in f32 over the
+/// FLUSH / 8 elements of a lane, could overflow: such groups take the scalar loop.
+const HUGE: f32 = 576_460_752_303_423_488.0;
 
 /// Elements of the group cache: 8 groups of up to 256.
 const CACHE: usize = 2048;
@@ -355,6 +364,13 @@ unsafe fn batch8<T: Load8, const S: u8>(
         }
         let lo = transpose_reduce(&lo, |a, b| _mm256_min_ps(a, b));
         let hi = transpose_reduce(&hi, |a, b| _mm256_max_ps(a, b));
+        // Magnitudes from HUGE up could overflow the f32 error sums kept across groups:
+        // such batches take the exact path too.
+        let magnitude = _mm256_max_ps(hi, _mm256_xor_ps(lo, sign));
+        let small = _mm256_cmp_ps::<_CMP_LT_OQ>(magnitude, _mm256_set1_ps(HUGE));
+        if _mm256_movemask_ps(small) != 0xFF {
+            return false;
+        }
 
         // The parameters of the 8 groups, as `params_from_range` computes them for one.
         let zero = _mm256_setzero_ps();
