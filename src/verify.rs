@@ -557,7 +557,10 @@ impl VerifyReport {
                 shape_str(&r.shape),
                 r.dtype.clone(),
                 match r.group_size {
-                    Some(g) => format!("{} g{g}", r.stored_as),
+                    Some(g) => match r.stored_as.split_once(' ') {
+                        Some((scheme, dq)) => format!("{scheme} g{g} {dq}"),
+                        None => format!("{} g{g}", r.stored_as),
+                    },
                     None => r.stored_as.clone(),
                 },
                 count(r.params),
