@@ -1,55 +1,58 @@
-//! Arbitrary bytes as F32/F16/BF16 rows under any scheme, group size and
-//! scale dtype: every kernel this CPU runs must match the scalar
-//! specification bit for bit (codes, scales, mins) and in its statistics.
+//! Arbitrary bytes as F32/F16/BF16 rows under any scheme, group size, scale
+//! dtype, method (round to nearest or the search) and double quantization:
+//! every kernel this CPU runs must match the scalar specification bit for bit
+//! (codes, scales, mins, super-group factors) and in its statistics.
 #![no_main]
 
 use half::{bf16, f16};
 use libfuzzer_sys::fuzz_target;
 use shrinkray_kernels::{
-    quantize_rows, ErrorStats, Isa, QuantFormat, RowsOut, ScaleDtype, Scheme, Src,
+    quantize_rows_by, DoubleQuant, ErrorStats, Isa, Method, QuantFormat, RowsOut, ScaleDtype,
+    Scheme, Src,
 };
 
 struct Out {
-    codes: Vec<u8>,
-    scales: Vec<u8>,
-    mins: Vec<u8>,
+    parts: [Vec<u8>; 5],
     stats: ErrorStats,
 }
 
-fn run(isa: Isa, f: &QuantFormat, k: usize, src: Src<'_>) -> Out {
+fn run(isa: Isa, method: Method, f: &QuantFormat, k: usize, src: Src<'_>) -> Out {
     let rows = if k == 0 { 0 } else { src.len() / k };
-    let mut o = Out {
-        codes: vec![0xAA; rows * f.code_bytes_per_row(k)],
-        scales: vec![0xAA; rows * f.scale_bytes_per_row(k)],
-        mins: vec![0xAA; rows * f.min_bytes_per_row(k)],
-        stats: ErrorStats::default(),
-    };
-    o.stats = quantize_rows(
+    let mut parts = [
+        f.code_bytes_per_row(k),
+        f.scale_bytes_per_row(k),
+        f.min_bytes_per_row(k),
+        f.super_bytes_per_row(k),
+        f.super_min_bytes_per_row(k),
+    ]
+    .map(|n| vec![0xAA; rows * n]);
+    let [codes, scales, mins, super_scales, super_mins] = &mut parts;
+    let stats = quantize_rows_by(
         isa,
+        method,
         f,
         k,
         src,
-        RowsOut { super_scales: &mut [], super_mins: &mut [],
-            codes: &mut o.codes,
-            scales: &mut o.scales,
-            mins: &mut o.mins,
-        },
+        RowsOut { codes, scales, mins, super_scales, super_mins },
     );
-    o
+    Out { parts, stats }
 }
 
 /// Equal up to summation order: SIMD paths sum squares in f32 lanes before
 /// adding them into f64 (the tolerance of `kernels/tests/simd_vs_scalar.rs`).
 fn close(a: f64, b: f64, count: u64) -> bool {
+    if a.is_finite() != b.is_finite() {
+        return false;
+    }
     let floor = count as f64 * f32::MIN_POSITIVE as f64;
     a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + floor || (a.is_nan() && b.is_nan())
 }
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 4 {
+    if data.len() < 6 {
         return;
     }
-    let (head, body) = data.split_at(4);
+    let (head, body) = data.split_at(6);
     let scheme = Scheme::ALL[head[0] as usize % Scheme::ALL.len()];
     let scale_dtype = [ScaleDtype::F16, ScaleDtype::BF16, ScaleDtype::F32][head[1] as usize % 3];
     // Group sizes the batched SIMD path takes (multiples of 16 up to 256) and odd ones.
@@ -57,7 +60,14 @@ fuzz_target!(|data: &[u8]| {
         0 => 16 * (1 + (head[2] as usize >> 2) % 16),
         _ => 1 + head[2] as usize % 97,
     };
-    let f = QuantFormat { dq: None,
+    // head[4]: the method; head[5]: double quantization (bits 2..=8, 1..=16 groups) or none.
+    let method = if head[4] % 2 == 0 { Method::Rtn } else { Method::Search };
+    let dq = (head[5] % 4 != 0).then(|| DoubleQuant {
+        bits: 2 + (head[5] as u32 >> 2) % 7,
+        groups: 1 + (head[5] as usize >> 5) % 16,
+    });
+    let f = QuantFormat {
+        dq,
         scheme,
         group,
         scale_dtype,
@@ -84,13 +94,16 @@ fuzz_target!(|data: &[u8]| {
         1 => Src::F16(&h),
         _ => Src::BF16(&bh),
     };
-    let want = run(Isa::Scalar, &f, k, src);
+    let want = run(Isa::Scalar, method, &f, k, src);
     for isa in Isa::ALL.into_iter().filter(|i| *i != Isa::Scalar && i.is_available()) {
-        let got = run(isa, &f, k, src);
-        let what = format!("{isa} {scheme} g{group} {scale_dtype} dtype {dtype} k {k} n {n}");
-        assert_eq!(want.codes, got.codes, "{what}: codes");
-        assert_eq!(want.scales, got.scales, "{what}: scales");
-        assert_eq!(want.mins, got.mins, "{what}: mins");
+        let got = run(isa, method, &f, k, src);
+        let what = format!(
+            "{isa} {scheme} g{group} {scale_dtype} {dq:?} {} dtype {dtype} k {k} n {n}",
+            method.name()
+        );
+        for (p, name) in ["codes", "scales", "mins", "super scales", "super mins"].iter().enumerate() {
+            assert_eq!(want.parts[p], got.parts[p], "{what}: {name}");
+        }
         let (w, g) = (&want.stats, &got.stats);
         assert_eq!(
             (w.count, w.nonfinite, w.first_nonfinite, w.overflowed_groups, w.zeroed_groups),
