@@ -347,8 +347,8 @@ pub(crate) fn quantize_rows_with<T: Element, P: Passes + Convert<T>>(
                         put_bits(&mut out.mins[r * sb..(r + 1) * sb], d.bits, gi, cm as u32);
                     }
                     stats.overflowed_groups += (over_s || over_m) as u64;
-                    let spread = x.iter().any(|&v| v != x[0]);
-                    stats.zeroed_groups += (p.scale == 0.0 && spread) as u64;
+                    // (The spread is only looked at for a zero scale.)
+                    stats.zeroed_groups += (p.scale == 0.0 && x.iter().any(|&v| v != x[0])) as u64;
                     let codes = &mut out.codes[r * cb..(r + 1) * cb];
                     ps.quantize(scheme, &p, x, gi * fmt.group, codes, &mut stats);
                 }
