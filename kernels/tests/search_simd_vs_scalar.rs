@@ -6,6 +6,9 @@
 //! adversarial values; and the search's per-element passes directly, bit for
 //! bit. An instruction set this CPU lacks is reported as SKIPPED on stderr.
 
+mod adversarial;
+use adversarial::{close, values, Bits, PATTERNS};
+
 use half::{bf16, f16};
 use shrinkray_kernels::search::{
     code_sums_on, fit_search, fit_search_groups_on, fit_search_on, sums_of_on, SearchFit, Sums,
@@ -14,70 +17,6 @@ use shrinkray_kernels::{
     quantize_rows, quantize_rows_by, DoubleQuant, ErrorStats, Isa, Method, QuantFormat, RowsOut,
     ScaleDtype, Scheme, Src,
 };
-
-/// A deterministic stream of bits (SplitMix64).
-struct Bits(u64);
-impl Bits {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
-const PATTERNS: usize = 11;
-
-/// Values of adversarial pattern `kind` for a group size `g`.
-fn values(kind: usize, n: usize, g: usize, bits: &mut Bits) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let u = bits.unit();
-            match kind {
-                0 => u * (1.0 + 8.0 * u * u * u * u), // heavy-ish tails
-                1 => [0.0, -0.0][i % 2],
-                2 => 0.375,
-                3 => u * 1e-39, // f32 subnormals (tiny scales, infinite inverses)
-                4 => {
-                    if i % 3 == 0 {
-                        u * 1e30
-                    } else {
-                        u * 1e-30
-                    }
-                }
-                5 => {
-                    // One outlier per group.
-                    if i % g == (i / g * 7) % g {
-                        1000.0 * u.signum()
-                    } else {
-                        u * 0.01
-                    }
-                }
-                6 => [u, f32::NAN, f32::INFINITY, f32::NEG_INFINITY]
-                    [(bits.next() % 4) as usize * ((i % 5 == 0) as usize)],
-                7 => {
-                    // Exact ties once scaled.
-                    if i % g == 0 {
-                        127.0
-                    } else {
-                        ((bits.next() % 254) as f32 - 127.0) + 0.5
-                    }
-                }
-                8 => u * 65504.0 * 4.0, // beyond F16 scales (saturated, flagged)
-                9 => u * 3e38,          // differences and decodings overflow f32
-                _ => {
-                    // All positive, or all negative, per group (mins of 0 with DQ).
-                    let sign = if (i / g) % 2 == 0 { 1.0 } else { -1.0 };
-                    sign * (1.5 + u)
-                }
-            }
-        })
-        .collect()
-}
 
 struct Out {
     codes: Vec<u8>,
@@ -113,13 +52,6 @@ fn run(isa: Isa, method: Method, f: &QuantFormat, k: usize, src: Src<'_>) -> Out
         },
     );
     o
-}
-
-/// Equal up to summation order (relative 1e-5), plus what squaring in f32 may lose:
-/// each square below f32's smallest normal (|e| < 1e-19) can flush to 0.
-fn close(a: f64, b: f64, count: u64) -> bool {
-    let floor = count as f64 * f32::MIN_POSITIVE as f64;
-    a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + floor || (a.is_nan() && b.is_nan())
 }
 
 fn compare(isa: Isa, what: &str, want: &Out, got: &Out) {
