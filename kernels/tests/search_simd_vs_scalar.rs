@@ -7,7 +7,7 @@
 //! bit. An instruction set this CPU lacks is reported as SKIPPED on stderr.
 
 mod adversarial;
-use adversarial::{close, values, Bits, PATTERNS};
+use adversarial::{compare_stats, simd_isas, values, Bits, PATTERNS};
 
 use half::{bf16, f16};
 use shrinkray_kernels::search::{
@@ -63,48 +63,7 @@ fn compare(isa: Isa, what: &str, want: &Out, got: &Out) {
         "{isa} {what}: super scales"
     );
     assert_eq!(want.super_mins, got.super_mins, "{isa} {what}: super mins");
-    let (w, g) = (&want.stats, &got.stats);
-    let counts = |s: &ErrorStats| {
-        (
-            s.count,
-            s.nonfinite,
-            s.first_nonfinite,
-            s.overflowed_groups,
-            s.zeroed_groups,
-        )
-    };
-    assert_eq!(counts(w), counts(g), "{isa} {what}: counts");
-    assert_eq!(
-        w.max_abs_err.to_bits(),
-        g.max_abs_err.to_bits(),
-        "{isa} {what}: max abs error {} vs {}",
-        w.max_abs_err,
-        g.max_abs_err
-    );
-    assert!(
-        close(w.sum_sq_err, g.sum_sq_err, w.count),
-        "{isa} {what}: sum sq err {} vs {}",
-        w.sum_sq_err,
-        g.sum_sq_err
-    );
-    assert!(
-        close(w.sum_sq, g.sum_sq, w.count),
-        "{isa} {what}: sum sq {} vs {}",
-        w.sum_sq,
-        g.sum_sq
-    );
-}
-
-fn simd_isas() -> Vec<Isa> {
-    let mut v = Vec::new();
-    for isa in Isa::ALL.into_iter().filter(|&i| i != Isa::Scalar) {
-        if isa.is_available() {
-            v.push(isa);
-        } else {
-            eprintln!("SKIPPED: {isa} is not supported by this CPU; its kernels were not tested");
-        }
-    }
-    v
+    compare_stats(isa, what, &want.stats, &got.stats);
 }
 
 const DTYPES: [ScaleDtype; 3] = [ScaleDtype::F16, ScaleDtype::BF16, ScaleDtype::F32];

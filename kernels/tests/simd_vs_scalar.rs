@@ -5,7 +5,7 @@
 //! lacks is reported as SKIPPED on stderr.
 
 mod adversarial;
-use adversarial::{close, values, Bits, PATTERNS};
+use adversarial::{compare_stats, simd_isas, values, Bits, PATTERNS};
 
 use half::{bf16, f16};
 use shrinkray_kernels::{
@@ -47,53 +47,7 @@ fn compare(isa: Isa, what: &str, want: &Out, got: &Out) {
     assert_eq!(want.codes, got.codes, "{isa} {what}: codes");
     assert_eq!(want.scales, got.scales, "{isa} {what}: scales");
     assert_eq!(want.mins, got.mins, "{isa} {what}: mins");
-    let (w, g) = (&want.stats, &got.stats);
-    assert_eq!(
-        (
-            w.count,
-            w.nonfinite,
-            w.first_nonfinite,
-            w.overflowed_groups,
-            w.zeroed_groups
-        ),
-        (
-            g.count,
-            g.nonfinite,
-            g.first_nonfinite,
-            g.overflowed_groups,
-            g.zeroed_groups
-        ),
-        "{isa} {what}: counts"
-    );
-    assert_eq!(
-        w.max_abs_err.to_bits(),
-        g.max_abs_err.to_bits(),
-        "{isa} {what}: max abs error"
-    );
-    assert!(
-        close(w.sum_sq_err, g.sum_sq_err, w.count),
-        "{isa} {what}: sum sq err {} vs {}",
-        w.sum_sq_err,
-        g.sum_sq_err
-    );
-    assert!(
-        close(w.sum_sq, g.sum_sq, w.count),
-        "{isa} {what}: sum sq {} vs {}",
-        w.sum_sq,
-        g.sum_sq
-    );
-}
-
-fn simd_isas() -> Vec<Isa> {
-    let mut v = Vec::new();
-    for isa in Isa::ALL.into_iter().filter(|&i| i != Isa::Scalar) {
-        if isa.is_available() {
-            v.push(isa);
-        } else {
-            eprintln!("SKIPPED: {isa} is not supported by this CPU; its kernels were not tested");
-        }
-    }
-    v
+    compare_stats(isa, what, &want.stats, &got.stats);
 }
 
 /// One group size: every scheme, source dtype and length 0..=3g+7 (two rows each).

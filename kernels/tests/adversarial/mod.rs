@@ -1,7 +1,9 @@
 //! What the differential tests share: a deterministic bit stream, the
-//! adversarial value patterns every SIMD path is run on, and the tolerance
-//! for error sums (equal up to summation order).
+//! adversarial value patterns every SIMD path is run on, the tolerance for
+//! error sums (equal up to summation order), and the SIMD paths to test.
 #![allow(dead_code)] // each test file uses what it needs
+
+use shrinkray_kernels::{ErrorStats, Isa};
 
 /// A deterministic stream of bits (SplitMix64).
 pub struct Bits(pub u64);
@@ -88,4 +90,51 @@ pub fn close(a: f64, b: f64, count: u64) -> bool {
     }
     let floor = count as f64 * f32::MIN_POSITIVE as f64;
     a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + floor || (a.is_nan() && b.is_nan())
+}
+
+/// Asserts that `got` (from `isa`) has `want`'s counts and max error exactly,
+/// and its error sums up to summation order ([`close`]).
+pub fn compare_stats(isa: Isa, what: &str, want: &ErrorStats, got: &ErrorStats) {
+    let counts = |s: &ErrorStats| {
+        (
+            s.count,
+            s.nonfinite,
+            s.first_nonfinite,
+            s.overflowed_groups,
+            s.zeroed_groups,
+        )
+    };
+    assert_eq!(counts(want), counts(got), "{isa} {what}: counts");
+    assert_eq!(
+        want.max_abs_err.to_bits(),
+        got.max_abs_err.to_bits(),
+        "{isa} {what}: max abs error {} vs {}",
+        want.max_abs_err,
+        got.max_abs_err
+    );
+    assert!(
+        close(want.sum_sq_err, got.sum_sq_err, want.count),
+        "{isa} {what}: sum sq err {} vs {}",
+        want.sum_sq_err,
+        got.sum_sq_err
+    );
+    assert!(
+        close(want.sum_sq, got.sum_sq, want.count),
+        "{isa} {what}: sum sq {} vs {}",
+        want.sum_sq,
+        got.sum_sq
+    );
+}
+
+/// The SIMD implementations this CPU runs; each one it lacks is reported as SKIPPED.
+pub fn simd_isas() -> Vec<Isa> {
+    let mut v = Vec::new();
+    for isa in Isa::ALL.into_iter().filter(|&i| i != Isa::Scalar) {
+        if isa.is_available() {
+            v.push(isa);
+        } else {
+            eprintln!("SKIPPED: {isa} is not supported by this CPU; its kernels were not tested");
+        }
+    }
+    v
 }
