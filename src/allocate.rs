@@ -69,7 +69,10 @@ pub fn candidates(dt: ScaleDtype) -> Vec<QuantFormat> {
 /// One candidate as measured on one tensor.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Tried {
-    /// The format (`int4-asym g32 dq6/8 F16`).
+    /// The format.
+    #[serde(skip)]
+    pub fmt: QuantFormat,
+    /// Its label (`int4-asym g32 dq6/8 F16`).
     pub format: String,
     /// Bytes it stores for the whole tensor.
     pub bytes: u64,
@@ -123,18 +126,10 @@ pub struct Allocation {
 
 impl Allocation {
     /// The chosen format of each allocated tensor.
-    pub fn assigned(&self, dt: ScaleDtype) -> BTreeMap<String, QuantFormat> {
-        let c = candidates(dt);
+    pub fn assigned(&self) -> BTreeMap<String, QuantFormat> {
         self.tensors
             .iter()
-            .map(|t| {
-                let label = &t.options[t.chosen].format;
-                let f = c
-                    .iter()
-                    .find(|f| describe(f) == *label)
-                    .expect("a candidate");
-                (t.name.clone(), *f)
-            })
+            .map(|t| (t.name.clone(), t.options[t.chosen].fmt))
             .collect()
     }
 }
@@ -355,6 +350,7 @@ fn measure(
             let st = run(f, k, &sample, method, isa);
             let bytes = (rows * f.bytes_per_row(k)) as u64;
             Tried {
+                fmt: *f,
                 format: describe(f),
                 bytes,
                 bits_per_weight: bytes as f64 * 8.0 / t.params().max(1) as f64,
@@ -373,16 +369,12 @@ fn measure(
             .then(a.rel_sq_error.total_cmp(&b.rel_sq_error))
     });
     mark_hull(&mut options, t.params() as f64);
-    let chosen = options
-        .iter()
-        .position(|o| o.on_hull)
-        .expect("the cheapest is on the hull");
     Ok(TensorChoice {
         name: t.entry.name.clone(),
         params: t.params(),
         sampled: sample.len() as u64,
         options,
-        chosen,
+        chosen: 0, // set by `choose`
         next_gain_per_byte: None,
     })
 }
@@ -390,22 +382,9 @@ fn measure(
 /// Quantizes `x` (whole rows of `k`) with `f` into scratch buffers; only the statistics are kept.
 fn run(f: &QuantFormat, k: usize, x: &[f32], method: Method, isa: Isa) -> ErrorStats {
     let rows = x.len() / k.max(1);
-    let mut v: [Vec<u8>; 5] = [
-        f.code_bytes_per_row(k),
-        f.scale_bytes_per_row(k),
-        f.min_bytes_per_row(k),
-        f.super_bytes_per_row(k),
-        f.super_min_bytes_per_row(k),
-    ]
-    .map(|n| vec![0u8; rows * n]);
+    let mut v = f.part_bytes_per_row(k).map(|n| vec![0u8; rows * n]);
     let [c, s, m, ss, sm] = &mut v;
-    let out = RowsOut {
-        codes: c,
-        scales: s,
-        mins: m,
-        super_scales: ss,
-        super_mins: sm,
-    };
+    let out = RowsOut::from_parts([c, s, m, ss, sm]);
     quantize_rows_by(isa, method, f, k, Src::F32(x), out)
 }
 
@@ -487,6 +466,7 @@ mod tests {
 
     fn opt(bytes: u64, e: f64) -> Tried {
         Tried {
+            fmt: candidates(ScaleDtype::F16)[0],
             format: format!("{bytes}"),
             bytes,
             bits_per_weight: 0.0,

@@ -116,13 +116,7 @@ impl StoredRows<'_> {
     /// Decodes rows `r0..r1` into `out` (`(r1 − r0) × k` values).
     pub fn decode(&self, r0: usize, r1: usize, out: &mut [f32]) {
         let (f, k) = (&self.fmt, self.k);
-        let per_row = [
-            f.code_bytes_per_row(k),
-            f.scale_bytes_per_row(k),
-            f.min_bytes_per_row(k),
-            f.super_bytes_per_row(k),
-            f.super_min_bytes_per_row(k),
-        ];
+        let per_row = f.part_bytes_per_row(k);
         let s: [&[u8]; 5] =
             std::array::from_fn(|i| &self.parts[i][r0 * per_row[i]..r1 * per_row[i]]);
         decode_rows(f, k, s, out);

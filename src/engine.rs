@@ -384,30 +384,6 @@ pub struct Choice {
     pub compare_rtn: bool,
 }
 
-/// Bytes per row of each output part of a packed tensor.
-fn packed_parts(fmt: &QuantFormat, k: usize) -> [usize; PARTS] {
-    [
-        fmt.code_bytes_per_row(k),
-        fmt.scale_bytes_per_row(k),
-        fmt.min_bytes_per_row(k),
-        fmt.super_bytes_per_row(k),
-        fmt.super_min_bytes_per_row(k),
-    ]
-}
-
-/// The kernels' view of one chunk's output parts.
-fn rows_out<'a>(
-    [codes, scales, mins, super_scales, super_mins]: [&'a mut [u8]; PARTS],
-) -> RowsOut<'a> {
-    RowsOut {
-        codes,
-        scales,
-        mins,
-        super_scales,
-        super_mins,
-    }
-}
-
 /// Quantizes a whole tensor of `rows × k` elements of `dtype` held in `data`,
 /// with kernels `isa` and parameters chosen as `choice` says, into `ws`.
 ///
@@ -426,7 +402,7 @@ pub fn quantize_tensor<'w>(
     progress: &ProgressBar,
     release: &(dyn Fn(&[u8]) + Sync),
 ) -> TensorOutput<'w> {
-    let per_row = packed_parts(fmt, k);
+    let per_row = fmt.part_bytes_per_row(k);
     let esize = (dtype.bitsize() / 8).max(1);
     quantize_rows_with(
         ws,
@@ -439,13 +415,13 @@ pub fn quantize_tensor<'w>(
         release,
         |src, buf, parts| {
             let x = source(isa, dtype, src, buf);
-            let st = quantize_rows_by(isa, choice.method, fmt, k, x, rows_out(parts));
+            let st = quantize_rows_by(isa, choice.method, fmt, k, x, RowsOut::from_parts(parts));
             // Round-to-nearest into scratch buffers, for the comparison only.
             let rtn = choice.compare_rtn.then(|| {
                 let n = src.len() / (k * esize).max(1);
                 let mut scratch = per_row.map(|b| vec![0u8; n * b]);
                 let [a, b, c, d, e] = &mut scratch;
-                quantize_rows(isa, fmt, k, x, rows_out([a, b, c, d, e]))
+                quantize_rows(isa, fmt, k, x, RowsOut::from_parts([a, b, c, d, e]))
             });
             (st, rtn)
         },

@@ -55,7 +55,7 @@ fn allocated_rules(
     // At most a few rounds: each lowers the data budget by what the headers overshot.
     for _ in 0..4 {
         let alloc = choose(&m, budget, data_budget)?;
-        rules.assigned = alloc.assigned(rules.scale_dtype);
+        rules.assigned = alloc.assigned();
         let Budget::Size(size) = budget else {
             return Ok((rules, Some(alloc)));
         };

@@ -18,14 +18,7 @@ struct Out {
 
 fn run(isa: Isa, method: Method, f: &QuantFormat, k: usize, src: Src<'_>) -> Out {
     let rows = if k == 0 { 0 } else { src.len() / k };
-    let mut parts = [
-        f.code_bytes_per_row(k),
-        f.scale_bytes_per_row(k),
-        f.min_bytes_per_row(k),
-        f.super_bytes_per_row(k),
-        f.super_min_bytes_per_row(k),
-    ]
-    .map(|n| vec![0xAA; rows * n]);
+    let mut parts = f.part_bytes_per_row(k).map(|n| vec![0xAA; rows * n]);
     let [codes, scales, mins, super_scales, super_mins] = &mut parts;
     let stats = quantize_rows_by(
         isa,

@@ -196,13 +196,21 @@ impl QuantFormat {
         }
     }
 
+    /// Bytes of each output part for a row of `k` elements, in [`RowsOut`]
+    /// order: codes, scales, mins, super scales, super mins.
+    pub fn part_bytes_per_row(&self, k: usize) -> [usize; 5] {
+        [
+            self.code_bytes_per_row(k),
+            self.scale_bytes_per_row(k),
+            self.min_bytes_per_row(k),
+            self.super_bytes_per_row(k),
+            self.super_min_bytes_per_row(k),
+        ]
+    }
+
     /// Bytes of everything stored for a row of `k` elements.
     pub fn bytes_per_row(&self, k: usize) -> usize {
-        self.code_bytes_per_row(k)
-            + self.scale_bytes_per_row(k)
-            + self.min_bytes_per_row(k)
-            + self.super_bytes_per_row(k)
-            + self.super_min_bytes_per_row(k)
+        self.part_bytes_per_row(k).iter().sum()
     }
 
     /// Bytes of mins in a row of `k` elements (0 for symmetric schemes).
@@ -228,6 +236,19 @@ pub struct RowsOut<'a> {
     pub super_scales: &'a mut [u8],
     /// Super-group min factors: rows × `super_min_bytes_per_row`.
     pub super_mins: &'a mut [u8],
+}
+
+impl<'a> RowsOut<'a> {
+    /// The output slices from the parts in [`QuantFormat::part_bytes_per_row`] order.
+    pub fn from_parts([codes, scales, mins, super_scales, super_mins]: [&'a mut [u8]; 5]) -> Self {
+        RowsOut {
+            codes,
+            scales,
+            mins,
+            super_scales,
+            super_mins,
+        }
+    }
 }
 
 /// Reconstruction-error statistics gathered while quantizing.
