@@ -520,7 +520,7 @@ pub fn decode_rows(fmt: &QuantFormat, k: usize, parts: [&[u8]; 5], out: &mut [f3
                     codes[r * p + j]
                 } else {
                     let byte = codes[r * p + j / 2];
-                    if j % 2 == 0 {
+                    if j.is_multiple_of(2) {
                         byte & 0x0F
                     } else {
                         byte >> 4

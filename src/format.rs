@@ -242,7 +242,7 @@ pub fn layout(
         at += t.nbytes;
     }
     let mut text = serde_json::to_vec(&serde_json::Value::Object(json)).expect("header serializes");
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(b' ');
     }
     let mut header = Vec::with_capacity(8 + text.len());

@@ -901,7 +901,7 @@ pub fn decide(t: &TensorEntry, rules: &Rules) -> Result<Action, String> {
             Some(AnyScheme::Ggml(ty)) => ty,
             Some(other) => return Err(wrong(other)),
         };
-        if k % GgmlType::BLOCK != 0 {
+        if !k.is_multiple_of(GgmlType::BLOCK) {
             return Ok(Action::Keep(KeepReason::NotBlockMultiple));
         }
         return Ok(Action::Ggml(ty));
@@ -935,7 +935,7 @@ pub fn decide(t: &TensorEntry, rules: &Rules) -> Result<Action, String> {
         if !t.name.ends_with("weight") && matched.is_none() {
             return Ok(Action::Keep(KeepReason::NotLayerWeight));
         }
-        if k % g != 0 {
+        if !k.is_multiple_of(g) {
             return Ok(Action::Keep(KeepReason::NotGroupMultiple));
         }
         let dtype = match t.dtype {

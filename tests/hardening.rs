@@ -43,7 +43,7 @@ fn sparse_checkpoint(path: &Path, tensors: &[(String, Vec<usize>)], filled: usiz
         at += n;
     }
     let mut text = serde_json::to_string(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut f = File::create(path).unwrap();

@@ -427,7 +427,7 @@ pub fn quantize_blocks(ty: GgmlType, x: &[f32], out: &mut [u8]) -> ErrorStats {
 /// [`Isa::Avx2`] quantizes eight blocks at a time with AVX2 + F16C and runs
 /// the specification for any block that holds a NaN or ±Inf, values whose
 /// squares overflow f32 when summed (`|x|` of about `10^19` and above), or
-/// whose `1/d` overflows.
+/// whose `1/d` overflows. [`Isa::Avx512`] runs the AVX2 kernels.
 ///
 /// # Panics
 /// If `isa` is not available on this CPU, if `x.len()` is not a multiple of
@@ -444,7 +444,7 @@ pub fn quantize_blocks_with(isa: Isa, ty: GgmlType, x: &[f32], out: &mut [u8]) -
 /// and `sum_sq` are equal up to summation order ([`Isa::Scalar`]: exactly).
 /// [`Isa::Scalar`] converts block by block and runs the specification;
 /// [`Isa::Avx2`] converts eight blocks at a time in registers into an L1
-/// buffer and runs the f32 vector code on it.
+/// buffer and runs the f32 vector code on it; [`Isa::Avx512`] runs the AVX2 kernels.
 ///
 /// # Panics
 /// If `isa` is not available on this CPU, if `src.len()` is not a multiple
@@ -474,7 +474,7 @@ pub fn quantize_blocks_src(isa: Isa, ty: GgmlType, src: Src<'_>, out: &mut [u8])
             },
             out,
         ),
-        (Isa::Avx2, src) => {
+        (Isa::Avx2 | Isa::Avx512, src) => {
             assert!(isa.is_available(), "{isa} is not available on this CPU");
             crate::arch::avx2_ggml_quantize_blocks(ty, src, out)
         }
@@ -484,7 +484,7 @@ pub fn quantize_blocks_src(isa: Isa, ty: GgmlType, src: Src<'_>, out: &mut [u8])
 /// The length checks of [`quantize_blocks`], for an input of `n` elements.
 fn check_lengths(ty: GgmlType, n: usize, out: &[u8]) {
     assert!(
-        n % QK == 0,
+        n.is_multiple_of(QK),
         "{}: input length {} is not a multiple of {QK}",
         ty.name(),
         n
@@ -506,7 +506,7 @@ fn check_lengths(ty: GgmlType, n: usize, out: &[u8]) {
 pub fn dequantize_blocks(ty: GgmlType, blocks: &[u8], out: &mut [f32]) {
     let bb = ty.block_bytes();
     assert!(
-        blocks.len() % bb == 0,
+        blocks.len().is_multiple_of(bb),
         "{}: {} bytes are not whole blocks of {bb}",
         ty.name(),
         blocks.len()

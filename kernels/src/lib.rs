@@ -355,20 +355,26 @@ pub enum Isa {
     Scalar,
     /// x86_64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86_64 AVX-512 (F, BW, VL) with AVX2, FMA and F16C. It has its own kernels for
+    /// plain RTN quantization ([`quantize_rows`] without double quantization); every
+    /// other path (the search method, double quantization, the ggml block kernels, the
+    /// `search::*_on` helpers) runs the AVX2 implementations, which every AVX-512 CPU runs.
+    Avx512,
 }
 
-/// The environment variable that overrides the kernel choice (`scalar`, `avx2`).
+/// The environment variable that overrides the kernel choice (`scalar`, `avx2`, `avx512`).
 pub const ISA_ENV: &str = "SHRINKRAY_ISA";
 
 impl Isa {
     /// Every implementation this build has, slowest first.
-    pub const ALL: [Isa; 2] = [Isa::Scalar, Isa::Avx2];
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
 
     /// Its name in `SHRINKRAY_ISA`, reports and benchmark ids.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 
@@ -382,6 +388,7 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             Isa::Avx2 => arch::avx2_available(),
+            Isa::Avx512 => arch::avx512_available(),
         }
     }
 
@@ -427,7 +434,7 @@ pub fn selected_isa() -> Result<Isa, String> {
                     names()
                 )),
                 None => Err(format!(
-                    "{ISA_ENV}={want}: unknown (this build has scalar and avx2; this CPU runs: {})",
+                    "{ISA_ENV}={want}: unknown (this build has scalar, avx2 and avx512; this CPU runs: {})",
                     names()
                 )),
             }
@@ -451,8 +458,33 @@ pub fn quantize_rows(
     src: Src<'_>,
     out: RowsOut<'_>,
 ) -> ErrorStats {
+    assert!(isa.is_available(), "{isa} is not available on this CPU");
+    // SAFETY: this CPU runs `isa` (just checked).
+    unsafe { quantize_rows_unchecked(isa, fmt, k, src, out) }
+}
+
+/// [`quantize_rows`] without the check that this CPU runs `isa`: for running a kernel
+/// under a CPU emulator in tests.
+///
+/// It dispatches straight to the kernel: [`Isa::Avx512`] without double quantization
+/// neither allocates, nor calls the operating system, nor reads thread-local state, nor
+/// probes the CPU (the other paths may allocate).
+///
+/// # Safety
+/// The CPU executing this call must support `isa`'s instructions.
+///
+/// # Panics
+/// As [`quantize_rows`], except for the availability check.
+#[doc(hidden)]
+pub unsafe fn quantize_rows_unchecked(
+    isa: Isa,
+    fmt: &QuantFormat,
+    k: usize,
+    src: Src<'_>,
+    out: RowsOut<'_>,
+) -> ErrorStats {
     if fmt.dq.is_some() {
-        return quantize_rows_by(isa, Method::Rtn, fmt, k, src, out);
+        return dq_rows(isa, Method::Rtn, fmt, k, src, out);
     }
     match isa {
         Isa::Scalar => match src {
@@ -460,10 +492,29 @@ pub fn quantize_rows(
             Src::F16(x) => scalar::quantize_rows(fmt, k, x, out),
             Src::BF16(x) => scalar::quantize_rows(fmt, k, x, out),
         },
-        Isa::Avx2 => {
-            assert!(isa.is_available(), "{isa} is not available on this CPU");
-            arch::avx2_quantize_rows(fmt, k, src, out)
-        }
+        Isa::Avx2 => arch::avx2_quantize_rows(fmt, k, src, out),
+        // SAFETY: the caller guarantees that this CPU runs AVX-512 F/BW/VL, AVX2, FMA and F16C.
+        Isa::Avx512 => unsafe { arch::avx512_quantize_rows(fmt, k, src, out) },
+    }
+}
+
+/// Double-quantized rows ([`dq`]) with `isa`, whose availability the caller has checked
+/// ([`Isa::Avx512`] runs the AVX2 kernels).
+fn dq_rows(
+    isa: Isa,
+    method: Method,
+    fmt: &QuantFormat,
+    k: usize,
+    src: Src<'_>,
+    out: RowsOut<'_>,
+) -> ErrorStats {
+    match isa {
+        Isa::Scalar => match src {
+            Src::F32(x) => dq::quantize_rows(method, fmt, k, x, out),
+            Src::F16(x) => dq::quantize_rows(method, fmt, k, x, out),
+            Src::BF16(x) => dq::quantize_rows(method, fmt, k, x, out),
+        },
+        Isa::Avx2 | Isa::Avx512 => arch::avx2_dq_rows(method, fmt, k, src, out),
     }
 }
 
@@ -489,7 +540,8 @@ impl Method {
 
 /// [`quantize_rows`] with parameters chosen by `method`. Every `isa` gives the
 /// same codes, scales and mins, bit for bit (the scalar [`search`] and [`dq`]
-/// are the specification).
+/// are the specification). [`Isa::Avx512`] runs the AVX2 kernels for the search
+/// method and for double quantization.
 ///
 /// # Panics
 /// As [`quantize_rows`].
@@ -505,14 +557,7 @@ pub fn quantize_rows_by(
         assert!(isa.is_available(), "{isa} is not available on this CPU");
     }
     if fmt.dq.is_some() {
-        return match isa {
-            Isa::Scalar => match src {
-                Src::F32(x) => dq::quantize_rows(method, fmt, k, x, out),
-                Src::F16(x) => dq::quantize_rows(method, fmt, k, x, out),
-                Src::BF16(x) => dq::quantize_rows(method, fmt, k, x, out),
-            },
-            Isa::Avx2 => arch::avx2_dq_rows(method, fmt, k, src, out),
-        };
+        return dq_rows(isa, method, fmt, k, src, out);
     }
     match (method, isa) {
         (Method::Rtn, _) => quantize_rows(isa, fmt, k, src, out),
@@ -521,6 +566,6 @@ pub fn quantize_rows_by(
             Src::F16(x) => search::quantize_rows(fmt, k, x, out),
             Src::BF16(x) => search::quantize_rows(fmt, k, x, out),
         },
-        (Method::Search, Isa::Avx2) => arch::avx2_search_rows(fmt, k, src, out),
+        (Method::Search, Isa::Avx2 | Isa::Avx512) => arch::avx2_search_rows(fmt, k, src, out),
     }
 }

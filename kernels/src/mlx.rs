@@ -103,7 +103,7 @@ pub fn quantize_rows(
 ) -> ErrorStats {
     assert!(fmt.bits == 4 || fmt.bits == 8, "MLX bits must be 4 or 8");
     assert!(
-        k % fmt.group == 0 && x.len() % k.max(1) == 0,
+        k.is_multiple_of(fmt.group) && x.len().is_multiple_of(k.max(1)),
         "whole rows of whole groups"
     );
     let rows = x.len().checked_div(k).unwrap_or(0);

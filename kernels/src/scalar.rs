@@ -344,7 +344,10 @@ pub(crate) fn check_sizes(fmt: &QuantFormat, k: usize, len: usize, out: &RowsOut
         assert!(out.super_scales.is_empty() && out.super_mins.is_empty());
         return 0;
     }
-    assert!(k > 0 && len % k == 0, "src is not whole rows of {k}");
+    assert!(
+        k > 0 && len.is_multiple_of(k),
+        "src is not whole rows of {k}"
+    );
     let rows = len / k;
     assert_eq!(
         out.codes.len(),
@@ -379,7 +382,7 @@ pub(crate) fn check_sizes(fmt: &QuantFormat, k: usize, len: usize, out: &RowsOut
 pub(crate) fn put_code(codes: &mut [u8], four_bit: bool, pos: usize, c: u8) {
     if !four_bit {
         codes[pos] = c;
-    } else if pos % 2 == 0 {
+    } else if pos.is_multiple_of(2) {
         codes[pos / 2] = c;
     } else {
         codes[pos / 2] |= c << 4;

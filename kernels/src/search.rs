@@ -31,7 +31,8 @@
 //! AVX2 one (`arch`) returns the same bits, error statistics aside (equal up
 //! to summation order). [`crate::quantize_rows_by`] picks one by [`Isa`];
 //! [`code_sums_on`], [`sums_of_on`], [`fit_search_on`] and
-//! [`fit_search_groups_on`] expose the passes for tests.
+//! [`fit_search_groups_on`] expose the passes for tests. [`Isa::Avx512`] runs the
+//! AVX2 implementation of all of them (every AVX-512 CPU has AVX2).
 
 use crate::scalar::{
     check_sizes, count_nonfinite, finite_or_zero, group_range, params_from_range_with,
@@ -650,7 +651,7 @@ pub fn code_sums_on(
     assert!(out.len() >= invs.len(), "one output per inverse scale");
     match isa {
         Isa::Scalar => code_sums(scheme, x, base, invs, whole, out),
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512 => {
             assert!(isa.is_available(), "{isa} is not available on this CPU");
             crate::arch::avx2_code_sums(scheme, x, base, invs, whole, out)
         }
@@ -664,7 +665,7 @@ pub fn code_sums_on(
 pub fn fit_search_on(isa: Isa, scheme: Scheme, x: &[f32], nonpositive_min: bool) -> SearchFit {
     match isa {
         Isa::Scalar => fit_search(scheme, x, nonpositive_min),
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512 => {
             assert!(isa.is_available(), "{isa} is not available on this CPU");
             crate::arch::avx2_fit_search(scheme, x, nonpositive_min)
         }
@@ -688,7 +689,7 @@ pub fn fit_search_groups_on(
     assert!(g > 0, "group size must be at least 1");
     match isa {
         Isa::Scalar => Scalar.fit_search_groups(scheme, x, g, nonpositive_min, out),
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512 => {
             assert!(isa.is_available(), "{isa} is not available on this CPU");
             crate::arch::avx2_fit_search_groups(scheme, x, g, nonpositive_min, out)
         }
@@ -702,7 +703,7 @@ pub fn fit_search_groups_on(
 pub fn sums_of_on(isa: Isa, x: &[f32]) -> Sums {
     match isa {
         Isa::Scalar => Sums::of(x),
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512 => {
             assert!(isa.is_available(), "{isa} is not available on this CPU");
             crate::arch::avx2_sums_of(x)
         }

@@ -41,6 +41,44 @@ pub(crate) fn avx2_quantize_rows(
     }
 }
 
+/// Whether the AVX-512 kernels can run here: AVX-512 F, BW and VL, with AVX2, FMA and F16C.
+pub(crate) fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && avx2_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The AVX-512 RTN kernels (no double quantization).
+///
+/// # Safety
+/// The CPU must have what [`avx512_available`] checks (this function does not check it:
+/// it also runs under a CPU emulator, where probing the CPU is not possible).
+pub(crate) unsafe fn avx512_quantize_rows(
+    fmt: &QuantFormat,
+    k: usize,
+    src: Src<'_>,
+    out: RowsOut<'_>,
+) -> ErrorStats {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the caller guarantees the CPU features.
+        unsafe { x86_64::avx512::quantize_rows(fmt, k, src, out) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (fmt, k, src, out);
+        unreachable!("AVX-512 is never available off x86_64")
+    }
+}
+
 /// The AVX2 ggml block kernels; the caller has checked [`avx2_available`].
 pub(crate) fn avx2_ggml_quantize_blocks(ty: GgmlType, src: Src<'_>, out: &mut [u8]) -> ErrorStats {
     #[cfg(target_arch = "x86_64")]

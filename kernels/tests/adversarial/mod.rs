@@ -73,7 +73,7 @@ pub fn values(kind: usize, n: usize, g: usize, bits: &mut Bits) -> Vec<f32> {
                 11 => u * 3e38, // differences and decodings overflow f32
                 _ => {
                     // All positive, or all negative, per group (mins of 0 with double quantization).
-                    let sign = if (i / g) % 2 == 0 { 1.0 } else { -1.0 };
+                    let sign = if (i / g).is_multiple_of(2) { 1.0 } else { -1.0 };
                     sign * (1.5 + u)
                 }
             }

@@ -62,9 +62,11 @@ pub(super) struct F16c;
 impl F16Convert for F16c {
     #[inline(always)]
     fn encode(v: f32) -> u16 {
-        // SAFETY: this private type is used only inside the AVX2 kernels (here and in
-        // `search_avx2`), which run only after their entry points (`crate::quantize_rows`,
-        // `crate::quantize_rows_by`, the `search::*_on` helpers) checked that the CPU has F16C.
+        // SAFETY: this private type is used only inside the AVX2 and AVX-512 kernels (here,
+        // in `search_avx2` and in `avx512`), which run only after their entry points
+        // (`crate::quantize_rows`, `crate::quantize_rows_by`, the `search::*_on` helpers)
+        // checked that the CPU has F16C, or whose caller guaranteed it
+        // (`crate::quantize_rows_unchecked`).
         unsafe {
             _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))) as u16
         }
@@ -140,7 +142,7 @@ pub(crate) fn quantize_rows(
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows<T: Load8>(fmt: &QuantFormat, k: usize, src: &[T], out: RowsOut<'_>) -> ErrorStats {
     let g = fmt.group;
-    if g % 8 != 0 && g < k {
+    if !g.is_multiple_of(8) && g < k {
         // Groups would start off the 8-element grid (and mid-byte at 4 bits).
         return scalar::quantize_rows(fmt, k, src, out);
     }
@@ -172,8 +174,9 @@ unsafe fn rows_of<T: Load8, const S: u8>(
     let gpr = fmt.groups_per_row(k);
     let full = k / fmt.group;
     // The batched path: F16 scales, groups of 16..=256 elements in multiples of 16.
-    let batched =
-        fmt.scale_dtype == ScaleDtype::F16 && fmt.group % 16 == 0 && fmt.group <= CACHE / 8;
+    let batched = fmt.scale_dtype == ScaleDtype::F16
+        && fmt.group.is_multiple_of(16)
+        && fmt.group <= CACHE / 8;
     let mut cache = [0f32; CACHE];
     for r in 0..rows {
         let row = &src[r * k..(r + 1) * k];
@@ -316,7 +319,7 @@ unsafe fn batch8<T: Load8, const S: u8>(
     stats: &mut ErrorStats,
 ) -> bool {
     let s0 = first * g;
-    assert!(s0 + 8 * g <= row.len() && 8 * g <= CACHE && g % 16 == 0);
+    assert!(s0 + 8 * g <= row.len() && 8 * g <= CACHE && g.is_multiple_of(16));
     assert!((gidx + 8) * 2 <= scales.len());
     let four = S == SYM4 || S == ASYM4;
     assert!(if four {

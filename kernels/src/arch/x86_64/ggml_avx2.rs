@@ -67,7 +67,7 @@ const Q4_1: u8 = 2;
 /// If `src.len()` is not a multiple of 32 or `out` has the wrong length.
 pub(crate) fn quantize_blocks(ty: GgmlType, src: Src<'_>, out: &mut [u8]) -> ErrorStats {
     assert!(
-        src.len() % QK == 0 && out.len() == src.len() / QK * ty.block_bytes(),
+        src.len().is_multiple_of(QK) && out.len() == src.len() / QK * ty.block_bytes(),
         "{}: lengths {} and {}",
         ty.name(),
         src.len(),

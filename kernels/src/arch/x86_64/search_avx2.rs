@@ -84,7 +84,7 @@ impl Passes for Avx2Passes {
         out: &mut [SearchFit],
     ) {
         let mut done = 0;
-        if g % 8 == 0 && g <= MAX_T {
+        if g.is_multiple_of(8) && g <= MAX_T {
             while (done + 8) * g <= x.len() && done + 8 <= out.len() {
                 let run = &x[done * g..(done + 8) * g];
                 // SAFETY: as in `range`; eight full groups of g (a multiple of 8, at most
@@ -122,7 +122,7 @@ impl Passes for Avx2Passes {
     ) {
         let n = out.len().min(bases.len()).min(invs.len()).min(wholes.len());
         let mut done = 0;
-        if g % 8 == 0 && g <= MAX_T {
+        if g.is_multiple_of(8) && g <= MAX_T {
             while (done + 8) * g <= x.len() && done + 8 <= n {
                 let (at, run) = (done..done + 8, &x[done * g..(done + 8) * g]);
                 // SAFETY: as in `range`; eight full groups and eight of everything else.
@@ -158,7 +158,12 @@ impl Passes for Avx2Passes {
         out: &mut [GroupParams],
     ) {
         let g = fmt.group;
-        if out.len() == 8 && found.len() == 8 && g % 8 == 0 && g <= MAX_T && x.len() >= 8 * g {
+        if out.len() == 8
+            && found.len() == 8
+            && g.is_multiple_of(8)
+            && g <= MAX_T
+            && x.len() >= 8 * g
+        {
             // SAFETY: as in `range`; eight full groups, fits and outputs.
             unsafe { stored8(fmt, x, found, out, &mut self.bufs.0) }
         } else {
@@ -179,7 +184,7 @@ impl Passes for Avx2Passes {
         if c.search
             && out.len() == 8
             && fits.len() == 8
-            && g % 8 == 0
+            && g.is_multiple_of(8)
             && g <= MAX_T
             && x.len() >= 8 * g
         {
@@ -992,7 +997,7 @@ unsafe fn sums8_pair<const C: usize, const LOWER: bool>(
 /// AVX; `x.len() ≥ 8·g`, `v.len() ≥ g`.
 #[inline(always)]
 unsafe fn transpose8(x: &[f32], g: usize, v: &mut [__m256]) {
-    assert!(g % 8 == 0 && x.len() >= 8 * g && v.len() >= g);
+    assert!(g.is_multiple_of(8) && x.len() >= 8 * g && v.len() >= g);
     // SAFETY: loads read x[k·g + j] for k < 8, j < g, inside x by the assertion.
     unsafe {
         let px = x.as_ptr();
@@ -1091,7 +1096,7 @@ unsafe fn sums8_one(
     inv: __m256,
     vb: &mut Vec<__m256>,
 ) -> (__m256, __m256, __m256) {
-    assert!(g % 8 == 0 && g <= MAX_T && x.len() >= 8 * g);
+    assert!(g.is_multiple_of(8) && g <= MAX_T && x.len() >= 8 * g);
     if vb.len() < g {
         vb.resize(g, z0());
     }
@@ -1623,8 +1628,8 @@ unsafe fn search8(
 ) {
     // Round-to-nearest's inverse scale and the candidates', taken in pairs.
     const N: usize = CANDIDATES + 1;
-    const _: () = assert!(N % 2 == 0);
-    assert!(g % 8 == 0 && g <= MAX_T && x.len() >= 8 * g && out.len() >= 8);
+    const _: () = assert!(N.is_multiple_of(2));
+    assert!(g.is_multiple_of(8) && g <= MAX_T && x.len() >= 8 * g && out.len() >= 8);
     let (vb, tb) = bufs;
     if vb.len() < g {
         vb.resize(g, z0());
@@ -2118,7 +2123,7 @@ unsafe fn code_body<const S: u8>(
         ASYM8 => (0.0, 255.0),
         _ => (0.0, 15.0),
     };
-    assert!(body <= x.len() && (!four || start % 2 == 0));
+    assert!(body <= x.len() && (!four || start.is_multiple_of(2)));
     assert!(start + body <= if four { codes.len() * 2 } else { codes.len() });
     // SAFETY: loads stay below `body`; stores write bytes start..start+body (8-bit) or
     // start/2..(start+body)/2 (4-bit, `start` even), inside `codes` by the assertions.
