@@ -95,6 +95,8 @@ pub struct EndToEnd {
     pub isa: String,
     /// Worker threads.
     pub threads: usize,
+    /// Bytes of the output file.
+    pub output_bytes: u64,
     /// Median seconds of a whole `quantize` (including fsync and rename).
     pub median_s: f64,
     /// GB/s of input at the median.
@@ -103,6 +105,15 @@ pub struct EndToEnd {
     pub memcpy_1t_gb_s: f64,
     /// gb_s / memcpy_1t_gb_s.
     pub vs_memcpy_1t: f64,
+    /// Median seconds of the same `quantize --no-fsync` (no flush to disk).
+    pub no_fsync_median_s: f64,
+    /// GB/s of input of `--no-fsync`.
+    pub no_fsync_gb_s: f64,
+    /// no_fsync_gb_s / memcpy_1t_gb_s.
+    pub no_fsync_vs_memcpy_1t: f64,
+    /// Median seconds to write `output_bytes` to a new file in the same directory and
+    /// `fdatasync` it: what the disk alone needs to make such an output durable.
+    pub disk_write_s: f64,
 }
 
 /// What `bench` measured.
@@ -373,16 +384,13 @@ pub fn end_to_end(
         ..Default::default()
     };
     let input_bytes = crate::checkpoint::Checkpoint::open(file)?.file_bytes();
-    let mut err = None;
-    let (med, _) = time(reps, || {
-        let _ = std::fs::remove_dir_all(&out);
-        if let Err(e) = quantize(file, &out, &opts) {
-            err.get_or_insert(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
+    let (med, output_bytes) = time_quantize(file, &out, &opts, reps)?;
+    let no_fsync = QuantizeOptions {
+        no_fsync: true,
+        ..opts.clone()
+    };
+    let (no_fsync_med, _) = time_quantize(file, &out, &no_fsync, reps)?;
+    let disk_write_s = durable_write_s(&scratch.path, output_bytes, reps)?;
     let n = input_bytes.min(1 << 30) as usize;
     let src = vec![1u8; n];
     let mut dst = vec![0u8; n];
@@ -392,6 +400,7 @@ pub fn end_to_end(
     });
     let memcpy = n as f64 / copy / 1e9;
     let gb = input_bytes as f64 / med / 1e9;
+    let no_fsync_gb = input_bytes as f64 / no_fsync_med / 1e9;
     Ok(EndToEnd {
         file: file.display().to_string(),
         bytes: input_bytes,
@@ -399,11 +408,72 @@ pub fn end_to_end(
         group_size: group,
         isa: crate::quantize::isa()?.name().into(),
         threads: crate::thread_count(threads),
+        output_bytes,
         median_s: med,
         gb_s: gb,
         memcpy_1t_gb_s: memcpy,
         vs_memcpy_1t: gb / memcpy,
+        no_fsync_median_s: no_fsync_med,
+        no_fsync_gb_s: no_fsync_gb,
+        no_fsync_vs_memcpy_1t: no_fsync_gb / memcpy,
+        disk_write_s,
     })
+}
+
+/// Median seconds of `reps` whole `quantize` runs of `file` into `out` (after one
+/// warm-up run; each into a fresh directory, the previous output removed untimed),
+/// and the bytes written.
+fn time_quantize(
+    file: &Path,
+    out: &Path,
+    opts: &QuantizeOptions,
+    reps: usize,
+) -> Result<(f64, u64)> {
+    let mut times = Vec::new();
+    let mut written = 0;
+    for rep in 0..=reps.max(1) {
+        // Removing the previous run's output (freeing its pages) is not part of the run.
+        let _ = std::fs::remove_dir_all(out);
+        let t = Instant::now();
+        let r = quantize(file, out, opts)?;
+        if rep > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        written = r.totals.output_bytes_actual.unwrap_or(0);
+    }
+    let _ = std::fs::remove_dir_all(out);
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], written))
+}
+
+/// Median seconds to write `n` bytes (8 MiB at a time) into a new file in `dir` and
+/// `fdatasync` it, after one warm-up run: the disk's floor for a durable output of `n` bytes.
+fn durable_write_s(dir: &Path, n: u64, reps: usize) -> Result<f64> {
+    use std::io::Write;
+    let path = dir.join("disk-write-probe");
+    let block = vec![0x5Au8; 8 << 20];
+    let mut err = None;
+    let (med, _) = time(reps, || {
+        let r = (|| -> std::io::Result<()> {
+            let _ = std::fs::remove_file(&path);
+            let mut f = std::fs::File::create(&path)?;
+            let mut left = n as usize;
+            while left > 0 {
+                let k = left.min(block.len());
+                f.write_all(&block[..k])?;
+                left -= k;
+            }
+            f.sync_data()
+        })();
+        if let Err(e) = r {
+            err.get_or_insert(e);
+        }
+    });
+    let _ = std::fs::remove_file(&path);
+    match err {
+        Some(e) => Err(Error::Other(format!("{}: {e}", path.display()))),
+        None => Ok(med),
+    }
 }
 
 /// A directory under the system temporary directory, removed on drop.
@@ -503,18 +573,39 @@ impl BenchReport {
         }
         if let Some(e) = &self.end_to_end {
             out.push_str(&format!(
-                "\nwhole pipeline: quantize {} ({}) to {} g{}: {:.3} s, {:.2} GB/s of input with {} ({} threads) = {:.2} of a 1-thread memcpy ({:.2} GB/s)\n",
+                "\nwhole pipeline: quantize {} ({}) to {} g{} with {} ({} threads), medians; \
+                 1-thread memcpy of the same bytes: {:.2} GB/s\n",
                 e.file,
                 bytes(e.bytes),
                 e.scheme,
                 e.group_size,
-                e.median_s,
-                e.gb_s,
                 e.isa,
                 e.threads,
-                e.vs_memcpy_1t,
                 e.memcpy_1t_gb_s
             ));
+            let mut t = Table::new(&["run", "seconds", "GB/s of input", "vs memcpy"]);
+            t.row(vec![
+                "quantize (durable: fsync, rename)".into(),
+                format!("{:.3}", e.median_s),
+                format!("{:.2}", e.gb_s),
+                format!("{:.2}", e.vs_memcpy_1t),
+            ]);
+            t.row(vec![
+                "quantize --no-fsync".into(),
+                format!("{:.3}", e.no_fsync_median_s),
+                format!("{:.2}", e.no_fsync_gb_s),
+                format!("{:.2}", e.no_fsync_vs_memcpy_1t),
+            ]);
+            t.row(vec![
+                format!(
+                    "the disk alone: write {} + fdatasync",
+                    bytes(e.output_bytes)
+                ),
+                format!("{:.3}", e.disk_write_s),
+                "-".into(),
+                "-".into(),
+            ]);
+            out.push_str(&t.render());
         }
         out
     }

@@ -98,7 +98,7 @@ pub struct BenchArgs {
     /// Input dtypes (repeatable: f32, bf16, f16; default: all three).
     #[arg(long = "dtype", value_parser = parse_float_dtype)]
     pub dtypes: Vec<Dtype>,
-    /// Kernel implementations (repeatable: scalar, avx2; default: every one this CPU runs).
+    /// Kernel implementations (repeatable: scalar, avx2, avx512; default: every one this CPU runs).
     #[arg(long = "isa", value_parser = parse_isa)]
     pub isas: Vec<Isa>,
     /// Thread counts (repeatable; default: 1 and all cores).
@@ -133,7 +133,7 @@ fn parse_method(s: &str) -> Result<Method, String> {
 
 fn parse_isa(s: &str) -> Result<Isa, String> {
     let isa = Isa::from_name(s)
-        .ok_or_else(|| format!("unknown kernel implementation `{s}` (scalar, avx2)"))?;
+        .ok_or_else(|| format!("unknown kernel implementation `{s}` (scalar, avx2, avx512)"))?;
     if isa.is_available() {
         Ok(isa)
     } else {
@@ -192,6 +192,10 @@ pub struct QuantizeArgs {
     /// Read the input with plain reads, one tensor at a time, instead of memory-mapping it.
     #[arg(long)]
     pub no_mmap: bool,
+    /// Do not flush the output to disk before renaming it into place: faster (the disk's
+    /// write rate no longer bounds the run), but a crash or power cut soon after can lose it.
+    #[arg(long)]
+    pub no_fsync: bool,
     /// How scales and mins are chosen (packed format): rtn (round to nearest from each
     /// group's range) or search (error-minimising search; slower, same format).
     #[arg(long, default_value = "rtn", value_parser = parse_method)]
@@ -299,7 +303,7 @@ fn parse_float_dtype(s: &str) -> Result<Dtype, String> {
 
 fn write_html(path: &std::path::Path, data: &ChartData) -> anyhow::Result<()> {
     let page = shrinkray::html::render(data).map_err(anyhow::Error::msg)?;
-    shrinkray::writer::write_small_file(path, page.as_bytes())
+    shrinkray::writer::write_small_file(path, page.as_bytes(), true)
         .with_context(|| format!("writing the report {}", path.display()))?;
     Ok(())
 }
@@ -397,6 +401,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     Nonfinite::Error
                 },
                 force: a.force,
+                no_fsync: a.no_fsync,
                 progress: !a.quiet && !a.out.json,
                 read_mode: if a.no_mmap {
                     ReadMode::Read

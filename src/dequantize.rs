@@ -192,7 +192,7 @@ pub fn dequantize(
             .iter()
             .map(|l| l.total - l.header.len() as u64)
             .sum();
-        let p = write_index(index_path, &index.metadata, &weight_map, data)?;
+        let p = write_index(index_path, &index.metadata, &weight_map, data, true)?;
         summary.outputs.push(p.display().to_string());
     }
     created.keep();

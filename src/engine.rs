@@ -6,7 +6,9 @@
 //! in place, and so is aligned F16/BF16 input for the SIMD kernels, which
 //! convert it in registers) and handed to the kernel, which writes codes,
 //! scales and mins straight into the tensor's output buffers and returns the
-//! chunk's error statistics. Memory held: the chunk buffers plus one tensor's output.
+//! chunk's error statistics. Each tensor's output is written while the next
+//! tensor is quantized (two output workspaces take turns). Memory held: the
+//! chunk buffers plus two tensors' output.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
@@ -21,7 +23,7 @@ use shrinkray_kernels::{
 };
 
 use crate::checkpoint::Checkpoint;
-use crate::plan::{Action, PieceKind, Plan};
+use crate::plan::{Action, Piece, PieceKind, Plan, TensorPlan};
 use crate::writer::{PendingFile, WriteError};
 
 /// Elements per work item: large enough to amortise scheduling, small enough for L2.
@@ -153,146 +155,117 @@ pub fn run(
 ) -> Result<RunOutcome, EngineError> {
     let mut outcomes = Vec::new();
     let mut widen = Vec::new();
-    let mut ws = Workspace::default();
+    // Two workspaces take turns: one tensor is quantized into one while the
+    // previous tensor's output is written from the other.
+    let mut spare = Workspace::default();
     let start = std::time::Instant::now();
-    let writing = std::cell::Cell::new(0.0f64);
+    let mut quantizing = 0.0f64;
     for (sp, file) in plan.shards.iter().zip(files) {
-        let write = |bytes: &[u8], offset: u64, widen: &[Widened]| {
-            if widen.is_empty() {
-                let t = std::time::Instant::now();
-                let r = file.write_at(bytes, offset);
-                writing.set(writing.get() + t.elapsed().as_secs_f64());
-                r
-            } else {
-                Ok(())
-            }
-        };
-        write(&sp.layout.header, 0, &widen)?;
+        if widen.is_empty() {
+            file.write_at(&sp.layout.header, 0)?;
+        }
+        let mut pending: Option<Unwritten<'_>> = None;
         for tp in &sp.tensors {
             crate::interrupt::check()?;
             let shard = &ckpt.shards[tp.input];
             let data = shard.data(&tp.entry)?;
-            let outcome = match &tp.action {
-                Action::Keep(_) => {
-                    write(&data, tp.pieces[0].offset, &widen)?;
-                    shard.release(&data);
-                    progress.inc(data.len() as u64);
-                    TensorOutcome {
-                        stats: None,
-                        written: data.len() as u64,
-                        rtn: None,
-                    }
+            if let Action::Keep(_) = &tp.action {
+                if widen.is_empty() {
+                    file.write_at(&data, tp.pieces[0].offset)?;
                 }
-                Action::Ggml(_) | Action::Mlx(_) => {
-                    let (path, name) = (shard.path.display(), &tp.entry.name);
-                    let release = |b: &[u8]| shard.release(b);
-                    let (e, rows, k) = (tp.entry.dtype, tp.rows, tp.k);
-                    let (out, ty) = match &tp.action {
-                        Action::Ggml(ty) => {
-                            let out = quantize_ggml_tensor(
-                                &mut ws, &data, e, rows, k, *ty, isa, progress, &release,
-                            );
-                            (out, ty.name())
-                        }
-                        Action::Mlx(m) => {
-                            let out = quantize_mlx_tensor(
-                                &mut ws, &data, e, rows, k, m, progress, &release,
-                            );
-                            (out, "MLX")
-                        }
-                        _ => unreachable!("matched above"),
-                    };
-                    shard.release(&data);
-                    crate::interrupt::check()?;
-                    let stats = out.stats;
-                    if stats.nonfinite > 0 && nonfinite == Nonfinite::Error {
-                        return Err(EngineError::Nonfinite {
-                            file: path.to_string(),
-                            tensor: name.clone(),
-                            index: stats.first_nonfinite.unwrap_or(0),
-                            count: stats.nonfinite,
-                        });
-                    }
-                    if stats.overflowed_groups > 0 {
-                        return Err(EngineError::FixedScaleOverflow {
-                            file: path.to_string(),
-                            tensor: name.clone(),
-                            blocks: stats.overflowed_groups,
-                            ty,
-                        });
-                    }
-                    let mut written = 0;
-                    for piece in &tp.pieces {
-                        let bytes = out.part(piece.kind);
-                        debug_assert_eq!(piece.nbytes, bytes.len() as u64);
-                        write(bytes, piece.offset, &widen)?;
-                        written += bytes.len() as u64;
-                    }
-                    TensorOutcome {
-                        stats: Some(stats),
-                        written,
-                        rtn: None,
-                    }
+                shard.release(&data);
+                progress.inc(data.len() as u64);
+                outcomes.push(TensorOutcome {
+                    stats: None,
+                    written: data.len() as u64,
+                    rtn: None,
+                });
+                continue;
+            }
+            let mut ws = std::mem::take(&mut spare);
+            let previous = pending.take();
+            let release = |b: &[u8]| shard.release(b);
+            let (made, wrote) = rayon::join(
+                || {
+                    let t = std::time::Instant::now();
+                    let made = quantize_action(&mut ws, tp, &data, plan, isa, progress, &release);
+                    (made, t.elapsed().as_secs_f64())
+                },
+                || previous.map(|u| (u.write(file), u.ws)),
+            );
+            if let Some((r, ws)) = wrote {
+                spare = ws;
+                r?;
+            }
+            let (made, secs) = made;
+            quantizing += secs;
+            shard.release(&data);
+            crate::interrupt::check()?;
+            let (path, name) = (shard.path.display(), &tp.entry.name);
+            let stats = made.stats;
+            if stats.nonfinite > 0 && nonfinite == Nonfinite::Error {
+                return Err(EngineError::Nonfinite {
+                    file: path.to_string(),
+                    tensor: name.clone(),
+                    index: stats.first_nonfinite.unwrap_or(0),
+                    count: stats.nonfinite,
+                });
+            }
+            match &tp.action {
+                Action::Quantize(fmt) if needs_wide_scales(fmt, &stats) => {
+                    widen.push(Widened {
+                        name: name.clone(),
+                        from: fmt.scale_dtype,
+                        overflowed_groups: stats.overflowed_groups,
+                        zeroed_groups: stats.zeroed_groups,
+                    });
+                    spare = ws;
+                    continue;
                 }
-                Action::Quantize(fmt) => {
-                    let (path, name) = (shard.path.display(), &tp.entry.name);
-                    let out = quantize_tensor(
-                        &mut ws,
-                        &data,
-                        tp.entry.dtype,
-                        tp.rows,
-                        tp.k,
-                        fmt,
-                        isa,
-                        Choice {
-                            method: plan.rules.optimize,
-                            compare_rtn: plan.rules.compare_rtn,
-                        },
-                        progress,
-                        &|b| shard.release(b),
-                    );
-                    shard.release(&data);
-                    crate::interrupt::check()?;
-                    let stats = out.stats;
-                    if stats.nonfinite > 0 && nonfinite == Nonfinite::Error {
-                        return Err(EngineError::Nonfinite {
-                            file: path.to_string(),
-                            tensor: name.clone(),
-                            index: stats.first_nonfinite.unwrap_or(0),
-                            count: stats.nonfinite,
-                        });
-                    }
-                    if needs_wide_scales(fmt, &stats) {
-                        widen.push(Widened {
-                            name: name.clone(),
-                            from: fmt.scale_dtype,
-                            overflowed_groups: stats.overflowed_groups,
-                            zeroed_groups: stats.zeroed_groups,
-                        });
-                        continue;
-                    }
-                    if stats.overflowed_groups > 0 {
-                        return Err(EngineError::ScaleOverflow {
-                            file: path.to_string(),
-                            tensor: name.clone(),
-                            groups: stats.overflowed_groups,
-                        });
-                    }
-                    let mut written = 0;
-                    for piece in &tp.pieces {
-                        let bytes = out.part(piece.kind);
-                        debug_assert_eq!(piece.nbytes, bytes.len() as u64);
-                        write(bytes, piece.offset, &widen)?;
-                        written += bytes.len() as u64;
-                    }
-                    TensorOutcome {
-                        stats: Some(stats),
-                        written,
-                        rtn: out.rtn,
-                    }
+                Action::Quantize(_) if stats.overflowed_groups > 0 => {
+                    return Err(EngineError::ScaleOverflow {
+                        file: path.to_string(),
+                        tensor: name.clone(),
+                        groups: stats.overflowed_groups,
+                    });
                 }
+                Action::Ggml(ty) if stats.overflowed_groups > 0 => {
+                    return Err(EngineError::FixedScaleOverflow {
+                        file: path.to_string(),
+                        tensor: name.clone(),
+                        blocks: stats.overflowed_groups,
+                        ty: ty.name(),
+                    });
+                }
+                Action::Mlx(_) if stats.overflowed_groups > 0 => {
+                    return Err(EngineError::FixedScaleOverflow {
+                        file: path.to_string(),
+                        tensor: name.clone(),
+                        blocks: stats.overflowed_groups,
+                        ty: "MLX",
+                    });
+                }
+                _ => {}
+            }
+            let unwritten = Unwritten {
+                ws,
+                lens: made.lens,
+                pieces: &tp.pieces,
             };
-            outcomes.push(outcome);
+            outcomes.push(TensorOutcome {
+                stats: Some(stats),
+                written: unwritten.bytes(),
+                rtn: made.rtn,
+            });
+            if widen.is_empty() {
+                pending = Some(unwritten);
+            } else {
+                spare = unwritten.ws;
+            }
+        }
+        if let Some(u) = pending.take() {
+            u.write(file)?;
+            spare = u.ws;
         }
         // Padding between tensors reads as zeros (holes); padding after the
         // last one (GGUF aligns the end too) must be written to exist.
@@ -305,8 +278,8 @@ pub fn run(
             .chain([sp.layout.header.len() as u64])
             .max()
             .unwrap_or(0);
-        if end < sp.layout.total {
-            write(&vec![0; (sp.layout.total - end) as usize], end, &widen)?;
+        if end < sp.layout.total && widen.is_empty() {
+            file.write_at(&vec![0; (sp.layout.total - end) as usize], end)?;
         }
     }
     Ok(if widen.is_empty() {
@@ -314,14 +287,94 @@ pub fn run(
         RunOutcome::Done(
             outcomes,
             Phases {
-                read_quantize_s: total - writing.get(),
-                write_s: writing.get(),
+                read_quantize_s: quantizing,
+                write_s: (total - quantizing).max(0.0),
                 ..Phases::default()
             },
         )
     } else {
         RunOutcome::WidenScales(widen)
     })
+}
+
+/// A quantized tensor whose output waits to be written: the workspace holding it
+/// (owned, so that the next tensor can be quantized into the other one meanwhile),
+/// the length of each part, and where the parts go.
+struct Unwritten<'p> {
+    ws: Workspace,
+    lens: [usize; PARTS],
+    pieces: &'p [Piece],
+}
+
+impl Unwritten<'_> {
+    /// The bytes of the output piece of `kind` (empty for [`PieceKind::Kept`]).
+    fn part(&self, kind: PieceKind) -> &[u8] {
+        kind.part()
+            .map_or(&[], |i| &self.ws.bufs[i][..self.lens[i]])
+    }
+
+    /// Bytes this tensor's pieces take.
+    fn bytes(&self) -> u64 {
+        self.pieces
+            .iter()
+            .map(|p| self.part(p.kind).len() as u64)
+            .sum()
+    }
+
+    /// Writes every piece at its offset in `file`.
+    fn write(&self, file: &PendingFile) -> Result<(), WriteError> {
+        for piece in self.pieces {
+            let bytes = self.part(piece.kind);
+            debug_assert_eq!(piece.nbytes, bytes.len() as u64);
+            file.write_at(bytes, piece.offset)?;
+        }
+        Ok(())
+    }
+}
+
+/// What quantizing one tensor gave, its bytes left in the workspace.
+struct Made {
+    stats: ErrorStats,
+    rtn: Option<ErrorStats>,
+    lens: [usize; PARTS],
+}
+
+/// Quantizes tensor `tp` (a packed, GGUF or MLX action) from `data` into `ws`.
+fn quantize_action(
+    ws: &mut Workspace,
+    tp: &TensorPlan,
+    data: &[u8],
+    plan: &Plan,
+    isa: Isa,
+    progress: &ProgressBar,
+    release: &(dyn Fn(&[u8]) + Sync),
+) -> Made {
+    let (e, rows, k) = (tp.entry.dtype, tp.rows, tp.k);
+    let out = match &tp.action {
+        Action::Ggml(ty) => quantize_ggml_tensor(ws, data, e, rows, k, *ty, isa, progress, release),
+        Action::Mlx(m) => quantize_mlx_tensor(ws, data, e, rows, k, m, progress, release),
+        Action::Quantize(fmt) => quantize_tensor(
+            ws,
+            data,
+            e,
+            rows,
+            k,
+            fmt,
+            isa,
+            Choice {
+                method: plan.rules.optimize,
+                compare_rtn: plan.rules.compare_rtn,
+            },
+            progress,
+            release,
+        ),
+        Action::Keep(_) => unreachable!("kept tensors are copied, not quantized"),
+    };
+    Made {
+        stats: out.stats,
+        rtn: out.rtn,
+        lens: out.parts.map(|p| p.len()),
+    }
 }
 
 /// Output buffers reused from tensor to tensor. They grow to the largest
@@ -368,7 +421,9 @@ pub struct Phases {
     pub setup_s: f64,
     /// Reading the input (page faults on the map, or reads) and the kernels, tensor by tensor.
     pub read_quantize_s: f64,
-    /// Writing the output bytes into the files (the page cache; kept tensors are copies).
+    /// Writing the output bytes into the files (the page cache; kept tensors are
+    /// copies), as far as it was not hidden behind the kernels: a tensor's output
+    /// is written while the next tensor is quantized.
     pub write_s: f64,
     /// Flushing the files to the disk, renaming them into place, and the index.
     pub sync_s: f64,
@@ -540,20 +595,23 @@ fn quantize_rows_with<'w>(
     let none = || (ErrorStats::default(), None);
     let (stats, rtn) = jobs
         .into_par_iter()
-        .map_init(Vec::new, |buf, (i, src, out)| {
-            if crate::interrupt::requested().is_some() {
-                return none(); // the caller checks and drops this tensor
-            }
-            let (st, rtn) = kernel(src, buf, out);
-            progress.inc(src.len() as u64);
-            release(src);
-            let shift = |st: &ErrorStats| {
-                let mut at = ErrorStats::default();
-                at.merge(st, (i * rpc * k) as u64);
-                at
-            };
-            (shift(&st), rtn.as_ref().map(shift))
-        })
+        .map_init(
+            || (Vec::new(), Unreleased::new(data, release)),
+            |(buf, unreleased), (i, src, out)| {
+                if crate::interrupt::requested().is_some() {
+                    return none(); // the caller checks and drops this tensor
+                }
+                let (st, rtn) = kernel(src, buf, out);
+                progress.inc(src.len() as u64);
+                unreleased.add(src);
+                let shift = |st: &ErrorStats| {
+                    let mut at = ErrorStats::default();
+                    at.merge(st, (i * rpc * k) as u64);
+                    at
+                };
+                (shift(&st), rtn.as_ref().map(shift))
+            },
+        )
         .reduce(none, |(mut a, ra), (b, rb)| {
             a.merge(&b, 0);
             let r = match (ra, rb) {
@@ -570,6 +628,54 @@ fn quantize_rows_with<'w>(
         parts: std::array::from_fn(|p| &ws.bufs[p][..rows * per_row[p]]),
         stats,
         rtn,
+    }
+}
+
+/// Input that one rayon job has read but not yet released. Contiguous chunks
+/// are released together, [`RELEASE_SPAN`] bytes at a time: each release is a
+/// system call that also flushes the other threads' TLBs, too costly per chunk.
+struct Unreleased<'a> {
+    data: &'a [u8],
+    release: &'a (dyn Fn(&[u8]) + Sync),
+    span: std::ops::Range<usize>,
+}
+
+/// Bytes of input released at once (see [`Unreleased`]).
+const RELEASE_SPAN: usize = 8 << 20;
+
+impl<'a> Unreleased<'a> {
+    fn new(data: &'a [u8], release: &'a (dyn Fn(&[u8]) + Sync)) -> Self {
+        Unreleased {
+            data,
+            release,
+            span: 0..0,
+        }
+    }
+
+    /// Adds `chunk` (a subslice of the tensor's data) to the span, releasing what is due.
+    fn add(&mut self, chunk: &[u8]) {
+        let at = chunk.as_ptr() as usize - self.data.as_ptr() as usize;
+        if at != self.span.end {
+            self.flush();
+            self.span = at..at;
+        }
+        self.span.end = at + chunk.len();
+        if self.span.len() >= RELEASE_SPAN {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.span.is_empty() {
+            (self.release)(&self.data[self.span.clone()]);
+        }
+        self.span = self.span.end..self.span.end;
+    }
+}
+
+impl Drop for Unreleased<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -31,6 +31,8 @@ pub struct QuantizeOptions {
     pub read_mode: ReadMode,
     /// `--target-bpw`/`--target-size`: choose each tensor's format for this budget ([`crate::allocate`]).
     pub budget: Option<Budget>,
+    /// `--no-fsync`: do not flush the outputs to disk (faster; not crash-durable).
+    pub no_fsync: bool,
 }
 
 /// The rules of a run: `opts.rules`, with the formats a budget
@@ -137,7 +139,7 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
             .shards
             .iter()
             .zip(&paths.files)
-            .map(|(s, p)| PendingFile::create(p, s.layout.total))
+            .map(|(s, p)| PendingFile::create_with(p, s.layout.total, !opts.no_fsync))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let total: u64 = plan.tensors().map(|t| t.entry.nbytes() as u64).sum();
         let label = if widened.is_empty() {
@@ -175,11 +177,17 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
             .iter()
             .map(|s| s.layout.total - s.layout.header.len() as u64)
             .sum();
-        write_index(index_path, &index.metadata, &weight_map(&plan), data)?;
+        write_index(
+            index_path,
+            &index.metadata,
+            &weight_map(&plan),
+            data,
+            !opts.no_fsync,
+        )?;
     }
     if let Some((path, json)) = config {
         let text = serde_json::to_string_pretty(&json).expect("config serializes") + "\n";
-        write_small_file(&path, text.as_bytes())?;
+        write_small_file(&path, text.as_bytes(), !opts.no_fsync)?;
     }
     let actual = written
         .iter()
@@ -206,6 +214,13 @@ pub fn quantize(input: &Path, output: &Path, opts: &QuantizeOptions) -> Result<R
         thread_count(opts.threads),
     );
     report.warnings.extend(widened.iter().map(|w| w.describe()));
+    if opts.no_fsync {
+        report.warnings.push(
+            "--no-fsync: the output was not flushed to disk; a crash or power cut soon \
+             after this run can lose it"
+                .into(),
+        );
+    }
     report.allocation = allocation;
     created.keep();
     Ok(report)

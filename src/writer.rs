@@ -5,7 +5,8 @@
 //! length, fsynced, renamed to its final name, and the directory fsynced.
 //! While it is written, a background thread flushes it to the disk every
 //! [`FLUSH_EVERY`] bytes, so that the disk works while the kernels do and the
-//! final fsync only waits for the tail.
+//! final fsync only waits for the tail. `--no-fsync` skips every flush (the
+//! temporary name and the rename stay): faster, but not crash-durable.
 //! Dropping an unfinished file removes the temporary. Output paths are
 //! resolved here too, with the checks that keep the input untouched.
 
@@ -65,6 +66,8 @@ pub struct PendingFile {
     /// Bytes written since the last flush request.
     unflushed: AtomicU64,
     flusher: Option<Flusher>,
+    /// Whether the file (and its directory entry) is flushed to disk before it counts as done.
+    durable: bool,
 }
 
 /// A thread that `fdatasync`s the file on request (requests that arrive while
@@ -101,8 +104,17 @@ impl Flusher {
 }
 
 impl PendingFile {
-    /// Creates the temporary sibling of `final_path` for a file of `len` bytes.
+    /// Creates the temporary sibling of `final_path` for a file of `len` bytes, flushed to disk.
     pub fn create(final_path: &Path, len: u64) -> Result<PendingFile, WriteError> {
+        PendingFile::create_with(final_path, len, true)
+    }
+
+    /// [`PendingFile::create`]; `durable: false` never flushes it to disk (`--no-fsync`).
+    pub fn create_with(
+        final_path: &Path,
+        len: u64,
+        durable: bool,
+    ) -> Result<PendingFile, WriteError> {
         let dir = parent_dir(final_path);
         let name = final_path
             .file_name()
@@ -117,7 +129,7 @@ impl PendingFile {
             .truncate(true)
             .open(&tmp_path)
             .map_err(io_err(&tmp_path, "cannot create temporary output file"))?;
-        let flusher = Flusher::start(&file);
+        let flusher = if durable { Flusher::start(&file) } else { None };
         let pending = PendingFile {
             final_path: final_path.to_path_buf(),
             tmp_path,
@@ -125,6 +137,7 @@ impl PendingFile {
             len,
             unflushed: AtomicU64::new(0),
             flusher,
+            durable,
         };
         // Reserve the blocks now, so that a full disk stops the run before any
         // work (KEEP_SIZE: the length check in `finish` still sees what was
@@ -186,7 +199,8 @@ impl PendingFile {
         Ok(())
     }
 
-    /// Checks the length, fsyncs, renames to the final name and fsyncs the directory.
+    /// Checks the length, fsyncs, renames to the final name and fsyncs the directory
+    /// (without the two fsyncs when not durable).
     pub fn finish(mut self) -> Result<PathBuf, WriteError> {
         let file = self.file.as_ref().expect("file is open until finished");
         let got = file
@@ -203,13 +217,18 @@ impl PendingFile {
             f.stop()
                 .map_err(io_err(&self.tmp_path, "background flush to disk failed"))?;
         }
-        file.sync_all()
-            .map_err(io_err(&self.tmp_path, "fsync failed"))?;
+        if self.durable {
+            file.sync_all()
+                .map_err(io_err(&self.tmp_path, "fsync failed"))?;
+        }
         std::fs::rename(&self.tmp_path, &self.final_path).map_err(io_err(
             &self.final_path,
             "cannot rename the finished file into place",
         ))?;
         self.file = None;
+        if !self.durable {
+            return Ok(self.final_path.clone());
+        }
         let dir = parent_dir(&self.final_path);
         File::open(&dir)
             .and_then(|d| d.sync_all())
@@ -401,9 +420,9 @@ fn canonical(p: &Path) -> Option<PathBuf> {
     Some(dir.join(p.file_name()?))
 }
 
-/// Writes a small file (an index) whole, crash-safely.
-pub fn write_small_file(path: &Path, bytes: &[u8]) -> Result<PathBuf, WriteError> {
-    let f = PendingFile::create(path, bytes.len() as u64)?;
+/// Writes a small file (an index) whole, crash-safely (flushed to disk when `durable`).
+pub fn write_small_file(path: &Path, bytes: &[u8], durable: bool) -> Result<PathBuf, WriteError> {
+    let f = PendingFile::create_with(path, bytes.len() as u64, durable)?;
     f.write_at(bytes, 0)?;
     f.finish()
 }
@@ -416,10 +435,11 @@ pub fn write_index(
     metadata: &serde_json::Map<String, serde_json::Value>,
     weight_map: &std::collections::BTreeMap<String, String>,
     total_size: u64,
+    durable: bool,
 ) -> Result<PathBuf, WriteError> {
     let mut metadata = metadata.clone();
     metadata.insert("total_size".into(), total_size.into());
     let json = serde_json::json!({ "metadata": metadata, "weight_map": weight_map });
     let text = serde_json::to_string_pretty(&json).expect("index serializes") + "\n";
-    write_small_file(path, text.as_bytes())
+    write_small_file(path, text.as_bytes(), durable)
 }

@@ -539,7 +539,58 @@ fn bench_times_the_whole_pipeline_on_a_file() {
             .len()
     );
     assert!(e["gb_s"].as_f64().unwrap() > 0.0);
+    assert!(e["no_fsync_gb_s"].as_f64().unwrap() > 0.0);
+    assert!(e["disk_write_s"].as_f64().unwrap() > 0.0);
+    // The output of the run it timed: int4-asym g64 of the fixture, as `quantize` writes it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.safetensors");
+    shrinkray()
+        .arg("quantize")
+        .arg(fixture("llama-f32.safetensors"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--scheme", "int4-asym", "--group-size", "64", "--quiet"])
+        .assert()
+        .success();
+    assert_eq!(e["output_bytes"], std::fs::metadata(&out).unwrap().len());
     assert!(r["rows"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn no_fsync_writes_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for (name, flags) in [("a", &[][..]), ("b", &["--no-fsync"][..])] {
+        let out = dir.path().join(format!("{name}.safetensors"));
+        shrinkray()
+            .arg("quantize")
+            .arg(fixture("llama-bf16.safetensors"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--quiet")
+            .args(flags)
+            .assert()
+            .success();
+        outs.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(outs[0], outs[1]);
+    let out = dir.path().join("c.safetensors");
+    let r = shrinkray()
+        .arg("quantize")
+        .arg(fixture("llama-bf16.safetensors"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--no-fsync", "--json"])
+        .assert()
+        .success();
+    let r = json(&r.get_output().stdout);
+    assert!(r["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("not flushed to disk"));
+    std::fs::remove_file(&out).unwrap();
+    // Nothing but the two outputs: the temporary was renamed into place.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
 
 /// The `<svg>` of figure `id` in an HTML report, checked to be well-formed XML.
