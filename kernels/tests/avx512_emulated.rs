@@ -4,9 +4,9 @@
 //! The cases are those of `simd_vs_scalar`: every scheme, scale dtype and
 //! source dtype, group sizes 1 to 256 and per-row groups, every length
 //! 0..=3·group+7 in two rows at misaligned starts, the adversarial patterns,
-//! rows of 8 and more full groups, and long rows. Codes, scales and mins must
-//! be bit-identical to the scalar run, error statistics equal up to summation
-//! order. The AVX2 kernels run on the emulator too, first: they are known to
+//! rows of 8 and more full groups, many and long rows, and long groups of
+//! values near 2^59. Codes, scales and mins must be bit-identical to the
+//! scalar run, error statistics equal up to summation order. The AVX2 kernels run on the emulator too, first: they are known to
 //! match natively, so a mismatch there is the harness's fault, not a kernel's.
 //! On a host with AVX-512 the native test covers it and this one says so.
 
@@ -73,13 +73,15 @@ fn group_cases(g: usize, max_len: usize, out: &mut Vec<Case>) {
     }
 }
 
-/// Rows of 8 and more full groups (the batched paths), and long rows.
+/// Rows of 8 and more full groups (the batched paths).
 fn batch_cases(g: usize, out: &mut Vec<Case>) {
     let mut bits = Bits(7 + g as u64);
     for k in [8 * g, 8 * g + 7, 9 * g + 8, 16 * g, 17 * g + 3] {
         for kind in 0..PATTERNS {
-            let scheme = Scheme::ALL[(k + kind) % 4];
-            for dt in [ScaleDtype::F16, ScaleDtype::F32] {
+            for (scheme, dt) in Scheme::ALL
+                .into_iter()
+                .flat_map(|s| [(s, ScaleDtype::F16), (s, ScaleDtype::F32)])
+            {
                 let fmt = QuantFormat {
                     dq: None,
                     scheme,
@@ -97,6 +99,55 @@ fn batch_cases(g: usize, out: &mut Vec<Case>) {
                         off,
                     });
                 }
+            }
+        }
+    }
+}
+
+/// `simd_vs_scalar`'s many and long rows, and long groups of values just below 2^59
+/// (error sums must be flushed to f64).
+fn long_cases(out: &mut Vec<Case>) {
+    let mut bits = Bits(99);
+    for (rows, k, g) in [
+        (33, 4096, 64),
+        (3, 11008, 11008),
+        (17, 344, 64),
+        (5, 1000, 128),
+    ] {
+        let v = values(0, rows * k, g, &mut bits);
+        for scheme in Scheme::ALL {
+            out.push(Case {
+                what: format!("{scheme} {rows}x{k} g{g}"),
+                fmt: QuantFormat {
+                    dq: None,
+                    scheme,
+                    group: g,
+                    scale_dtype: ScaleDtype::F16,
+                },
+                k,
+                input: Owned::F32(v.clone()),
+                off: 0,
+            });
+        }
+    }
+    let mut bits = Bits(5);
+    let k = 40_000;
+    let v: Vec<f32> = (0..2 * k).map(|_| bits.unit() * 5.0e17).collect();
+    for g in [k, 64, 4096] {
+        for scheme in Scheme::ALL {
+            for dt in [ScaleDtype::F16, ScaleDtype::F32] {
+                out.push(Case {
+                    what: format!("{scheme} g{g} {dt:?} 2x{k} values of 5e17"),
+                    fmt: QuantFormat {
+                        dq: None,
+                        scheme,
+                        group: g,
+                        scale_dtype: dt,
+                    },
+                    k,
+                    input: Owned::F32(v.clone()),
+                    off: 0,
+                });
             }
         }
     }
@@ -177,7 +228,8 @@ fn every_case_of_simd_vs_scalar_on_the_emulated_cpu() {
         group_cases(g, 3 * g + 7, &mut cases);
     }
     group_cases(0, 300, &mut cases);
-    check("small groups and per-row groups", &isas, &cases);
+    long_cases(&mut cases);
+    check("small, per-row and long groups", &isas, &cases);
     for g in [64, 128, 256] {
         let mut cases = Vec::new();
         group_cases(g, 3 * g + 7, &mut cases);

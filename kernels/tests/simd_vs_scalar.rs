@@ -153,6 +153,34 @@ fn many_rows_and_long_rows() {
     }
 }
 
+/// Long groups of values just below the magnitude (2^59) from which kernels sum
+/// error squares in f64: a kernel that summed a whole group in f32 would overflow.
+#[test]
+fn long_groups_of_large_values() {
+    let isas = simd_isas();
+    let mut bits = Bits(5);
+    let k = 40_000;
+    let v: Vec<f32> = (0..2 * k).map(|_| bits.unit() * 5.0e17).collect();
+    for g in [k, 64, 4096] {
+        for scheme in Scheme::ALL {
+            for dt in [ScaleDtype::F16, ScaleDtype::F32] {
+                let f = QuantFormat {
+                    dq: None,
+                    scheme,
+                    group: g,
+                    scale_dtype: dt,
+                };
+                let want = run(Isa::Scalar, &f, k, Src::F32(&v));
+                assert!(want.stats.sum_sq.is_finite() && want.stats.sum_sq > 1e39);
+                for &isa in &isas {
+                    let what = format!("{scheme} g{g} {dt:?} 2x{k} values of 5e17");
+                    compare(isa, &what, &want, &run(isa, &f, k, Src::F32(&v)));
+                }
+            }
+        }
+    }
+}
+
 /// Rows of 8 or more full groups (the batched paths), with every pattern, source
 /// dtype and scheme, F16 and F32 scales, and rows that end in a short group.
 #[test]

@@ -30,7 +30,7 @@ impl Bits {
 }
 
 /// Number of value patterns of [`values`].
-pub const PATTERNS: usize = 13;
+pub const PATTERNS: usize = 14;
 
 /// `n` values of adversarial pattern `kind` for a group size `g`.
 pub fn values(kind: usize, n: usize, g: usize, bits: &mut Bits) -> Vec<f32> {
@@ -71,6 +71,17 @@ pub fn values(kind: usize, n: usize, g: usize, bits: &mut Bits) -> Vec<f32> {
                 9 => u * 1e20,          // squares beyond f32: error sums must not overflow
                 10 => u * 1e30,
                 11 => u * 3e38, // differences and decodings overflow f32
+                12 => {
+                    // Groups whose minimum sits on an edge of F16: an asymmetric min,
+                    // rounded down to F16, overflows below −65504 and from 65520 up.
+                    let edges = [65520.0, 65519.996, -65504.0, -65504.008, 65504.0];
+                    let lo = edges[(i / g) % edges.len()];
+                    if i % g == 0 {
+                        lo
+                    } else {
+                        lo + u.abs() * 8.0
+                    }
+                }
                 _ => {
                     // All positive, or all negative, per group (mins of 0 with double quantization).
                     let sign = if (i / g).is_multiple_of(2) { 1.0 } else { -1.0 };

@@ -233,7 +233,7 @@ unsafe fn rows_of<T: Load8, const S: u8>(
             }
             // SAFETY: start is a multiple of 8 (checked by `rows`), so vector stores stay inside
             // this group's bytes of `codes`; body ≤ group.len().
-            unsafe { code_body::<T, S>(&p, group, body, codes, start, &mut acc) };
+            unsafe { code_body::<T, S>(&p, group, body, codes, start, &mut acc, &mut stats) };
             if acc.n >= Acc::FLUSH {
                 // SAFETY: AVX2 is available.
                 unsafe { acc.flush(&mut stats) };
@@ -598,6 +598,7 @@ unsafe fn code_body<T: Load8, const S: u8>(
     codes: &mut [u8],
     start: usize,
     acc: &mut Acc,
+    stats: &mut ErrorStats,
 ) {
     let asym = S == ASYM8 || S == ASYM4;
     let (qlo, qhi) = match S {
@@ -648,6 +649,14 @@ unsafe fn code_body<T: Load8, const S: u8>(
             e2 = _mm256_fmadd_ps(e, e, e2);
             x2 = _mm256_fmadd_ps(x, x, x2);
             emax = _mm256_max_ps(emax, _mm256_and_ps(e, abs));
+            acc.n += 8;
+            if acc.n >= Acc::FLUSH {
+                // A long group (one per row, say) must not sum more than FLUSH / 8
+                // squares per lane in f32 either.
+                (acc.e2, acc.x2, acc.emax) = (e2, x2, emax);
+                acc.flush(stats);
+                (e2, x2) = (acc.e2, acc.x2);
+            }
             let c = if S == SYM4 {
                 _mm256_add_ps(q, _mm256_set1_ps(8.0))
             } else {
@@ -670,6 +679,5 @@ unsafe fn code_body<T: Load8, const S: u8>(
         acc.e2 = e2;
         acc.x2 = x2;
         acc.emax = emax;
-        acc.n += body;
     }
 }
