@@ -17,52 +17,7 @@ use std::process::Command;
 use half::{bf16, f16};
 use shrinkray_kernels::{ErrorStats, Isa, QuantFormat, RowsOut, Src};
 
-/// Input elements of one job, owned, with a misaligned start.
-pub enum Owned {
-    /// F32 elements.
-    F32(Vec<f32>),
-    /// F16 elements.
-    F16(Vec<f16>),
-    /// BF16 elements.
-    BF16(Vec<bf16>),
-}
-
-impl Owned {
-    /// Elements `off..` as a kernel source.
-    pub fn src(&self, off: usize) -> Src<'_> {
-        match self {
-            Owned::F32(v) => Src::F32(&v[off..]),
-            Owned::F16(v) => Src::F16(&v[off..]),
-            Owned::BF16(v) => Src::BF16(&v[off..]),
-        }
-    }
-}
-
-/// The outputs of one quantization.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Outputs {
-    /// Packed codes.
-    pub codes: Vec<u8>,
-    /// Scales.
-    pub scales: Vec<u8>,
-    /// Mins.
-    pub mins: Vec<u8>,
-    /// Error statistics.
-    pub stats: ErrorStats,
-}
-
-impl Outputs {
-    /// Buffers for `rows` rows of `k`, filled with a sentinel that no kernel writes everywhere.
-    pub fn sized(f: &QuantFormat, k: usize, len: usize) -> Outputs {
-        let rows = len.checked_div(k).unwrap_or(0);
-        Outputs {
-            codes: vec![0x5A; rows * f.code_bytes_per_row(k)],
-            scales: vec![0x5A; rows * f.scale_bytes_per_row(k)],
-            mins: vec![0x5A; rows * f.min_bytes_per_row(k)],
-            stats: ErrorStats::default(),
-        }
-    }
-}
+use crate::cases::Outputs;
 
 /// One call of [`shrinkray_kernels::quantize_rows_unchecked`], laid out for `run_jobs`:
 /// plain pointers, so that the emulated call allocates nothing.
