@@ -104,7 +104,15 @@ def main():
     import bochscpu.memory
 
     t0 = time.monotonic()
-    mem = open(f"/proc/{pid}/mem", "r+b", buffering=0)
+    try:
+        mem = open(f"/proc/{pid}/mem", "r+b", buffering=0)
+        mem.seek(rsp & ~(PAGE - 1))
+        mem.read(PAGE)
+    except OSError as e:
+        # Reading another process's memory needs ptrace rights over it (Yama's
+        # ptrace_scope 1 or more forbids it for a parent): the emulator cannot work here.
+        print(f"bochs_call: cannot read the test process's memory: {e}", file=sys.stderr)
+        return 3
     pt = bochscpu.memory.PageMapLevel4Table()
     va_of = {}  # guest-physical page -> parent virtual page
     pa_of = {}  # parent virtual page -> guest-physical page

@@ -151,7 +151,7 @@ pub fn emulate_or_skip(what: &str, jobs: &mut [Job]) -> bool {
             }
             eprintln!(
                 "SKIPPED: {what}: no CPU emulator ({why}); install it with \
-                 `pip install bochscpu-python` (see README, Testing)"
+                 `pip install bochscpu-python` (README, \"Kernels this CPU cannot run\")"
             );
             false
         }
