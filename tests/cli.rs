@@ -487,6 +487,22 @@ fn unknown_or_unavailable_isa_is_an_error() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("SHRINKRAY_ISA=avx9000: unknown"));
+    // Every implementation this build has that this CPU cannot run is refused by name.
+    for isa in shrinkray::kernels::Isa::ALL {
+        if isa.is_available() {
+            continue;
+        }
+        shrinkray()
+            .env("SHRINKRAY_ISA", isa.name())
+            .arg("quantize")
+            .arg(fixture("odd-shapes.safetensors"))
+            .arg("--dry-run")
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!(
+                "SHRINKRAY_ISA={isa}: this CPU cannot run {isa}"
+            )));
+    }
 }
 
 #[test]
