@@ -22,9 +22,10 @@ use crate::{ErrorStats, QuantFormat, RowsOut, ScaleDtype, Scheme, Src};
 
 /// Eight elements loaded as f32 lanes.
 pub(super) trait Load8: Element {
-    /// Whether the elements are f32 already: the batched path then reads them in
-    /// place instead of copying them into its cache.
-    const F32: bool = false;
+    /// Whether the batched path reads these elements again in place for the codes
+    /// (converting them again) instead of keeping a converted copy in its cache: true
+    /// where a load and conversion cost less than a store and a load (f32, f16).
+    const IN_PLACE: bool = false;
 
     /// Loads `p[0..8]`.
     ///
@@ -34,7 +35,7 @@ pub(super) trait Load8: Element {
 }
 
 impl Load8 for f32 {
-    const F32: bool = true;
+    const IN_PLACE: bool = true;
 
     #[inline(always)]
     unsafe fn load8(p: *const f32) -> __m256 {
@@ -44,6 +45,8 @@ impl Load8 for f32 {
 }
 
 impl Load8 for f16 {
+    const IN_PLACE: bool = true;
+
     #[inline(always)]
     unsafe fn load8(p: *const f16) -> __m256 {
         // SAFETY: 8 readable f16 = 16 bytes; F16C conversion is exact.
@@ -303,9 +306,9 @@ unsafe fn f16_saturating(d: __m256) -> (__m256, __m256) {
 }
 
 /// Eight full groups of `g` elements starting at group `first` of `row`: one vector pass
-/// into `cache` for min/max (F32 input is not copied), the 8 groups' parameters in vector
-/// lanes (F16 scales, the specification's arithmetic lane by lane), then codes from the
-/// cache (F32 input: from the row again, now in L1).
+/// for min/max (BF16 input is converted into `cache` on the way), the 8 groups'
+/// parameters in vector lanes (F16 scales, the specification's arithmetic lane by lane),
+/// then codes from the cache, or from the row again, now in L1 ([`Load8::IN_PLACE`]).
 ///
 /// Returns false, having written nothing, when a NaN or ±Inf is among them (or a value
 /// so large that its square overflows f32).
@@ -354,7 +357,7 @@ unsafe fn batch8<T: Load8, const S: u8>(
             while i < g {
                 let x0 = T::load8(src.add(base + i));
                 let x1 = T::load8(src.add(base + i + 8));
-                if !T::F32 {
+                if !T::IN_PLACE {
                     _mm256_storeu_ps(c.add(base + i), x0);
                     _mm256_storeu_ps(c.add(base + i + 8), x1);
                 }
@@ -456,8 +459,14 @@ unsafe fn batch8<T: Load8, const S: u8>(
         let pairs = _mm_set1_epi16(0x1001);
         let (mut e2, mut emax) = (acc.e2, acc.emax);
         let dst = codes.as_mut_ptr();
-        // F32 input is read again in place; other inputs from the cache of converted values.
-        let c: *const f32 = if T::F32 { src as *const f32 } else { c };
+        // The group's values again: from the input itself, or from the cache (Load8::IN_PLACE).
+        let ld = |i: usize| {
+            if T::IN_PLACE {
+                T::load8(src.add(i))
+            } else {
+                _mm256_loadu_ps(c.add(i))
+            }
+        };
         for j in 0..8 {
             let lane = _mm256_set1_epi32(j as i32);
             let vinv = _mm256_permutevar8x32_ps(inv, lane);
@@ -483,10 +492,10 @@ unsafe fn batch8<T: Load8, const S: u8>(
             let mut i = j * g;
             // 32 elements a step when the group allows it: fewer pack instructions.
             while g.is_multiple_of(32) && i < (j + 1) * g {
-                let (q0, er0) = quant(_mm256_loadu_ps(c.add(i)));
-                let (q1, er1) = quant(_mm256_loadu_ps(c.add(i + 8)));
-                let (q2, er2) = quant(_mm256_loadu_ps(c.add(i + 16)));
-                let (q3, er3) = quant(_mm256_loadu_ps(c.add(i + 24)));
+                let (q0, er0) = quant(ld(i));
+                let (q1, er1) = quant(ld(i + 8));
+                let (q2, er2) = quant(ld(i + 16));
+                let (q3, er3) = quant(ld(i + 24));
                 e2 = _mm256_fmadd_ps(er0, er0, e2);
                 e2 = _mm256_fmadd_ps(er1, er1, e2);
                 e2 = _mm256_fmadd_ps(er2, er2, e2);
@@ -536,8 +545,8 @@ unsafe fn batch8<T: Load8, const S: u8>(
                 i += 32;
             }
             while i < (j + 1) * g {
-                let (q0, er0) = quant(_mm256_loadu_ps(c.add(i)));
-                let (q1, er1) = quant(_mm256_loadu_ps(c.add(i + 8)));
+                let (q0, er0) = quant(ld(i));
+                let (q1, er1) = quant(ld(i + 8));
                 e2 = _mm256_fmadd_ps(er0, er0, e2);
                 e2 = _mm256_fmadd_ps(er1, er1, e2);
                 emax = _mm256_max_ps(
