@@ -10,10 +10,10 @@
 mod adversarial;
 mod cases;
 mod emu;
-use cases::{batch_cases, compare, group_cases, long_cases, Case, Outputs};
-use emu::{emulate_or_skip, Job};
+use cases::{batch_cases, compare, group_cases, inputs, long_cases, Case, Outputs};
+use emu::{emulate, emulate_or_skip, Job};
 
-use shrinkray_kernels::Isa;
+use shrinkray_kernels::{Isa, QuantFormat, ScaleDtype, Scheme};
 
 /// Runs `cases` on the scalar specification natively and on `isas` under emulation, and
 /// compares; false when there is no emulator (the test is then SKIPPED).
@@ -80,5 +80,55 @@ fn every_case_of_simd_vs_scalar_on_the_emulated_cpu() {
         let mut cases = Vec::new();
         batch_cases(g, &mut cases);
         check(&format!("rows of full groups of {g}"), &isas, &cases);
+    }
+}
+
+/// Instructions each SIMD path executes per element on the emulated CPU, for 16 rows
+/// of 4096 (groups of 64, F16 scales): a proxy for speed where the hardware is missing,
+/// not a measurement of time. Slow (a callback per instruction); run it with
+/// `cargo test --release -p shrinkray-kernels --test avx512_emulated -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn instructions_per_element() {
+    let (rows, k) = (16, 4096);
+    let v = adversarial::values(0, rows * k, 64, &mut adversarial::Bits(3));
+    for scheme in [Scheme::Int8Sym, Scheme::Int4Asym] {
+        for (input, name) in inputs(&v) {
+            let fmt = QuantFormat {
+                dq: None,
+                scheme,
+                group: 64,
+                scale_dtype: ScaleDtype::F16,
+            };
+            let c = Case {
+                what: format!("{scheme} g64 {name} {rows}x{k}"),
+                fmt,
+                k,
+                input,
+                off: 0,
+            };
+            let want = c.run(Isa::Scalar);
+            let mut line = c.what.clone();
+            for isa in [Isa::Avx2, Isa::Avx512] {
+                let mut got = Outputs::sized(&fmt, k, rows * k);
+                let mut jobs = [Job::new(isa, fmt, k, c.src(), &mut got)];
+                let report = match emulate(&mut jobs, true) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("SKIPPED: no CPU emulator: {e:?}");
+                        return;
+                    }
+                };
+                got.stats = *jobs[0].stats();
+                compare(isa, &c.what, &want, &got);
+                let n: f64 = report
+                    .split("\"instructions\": ")
+                    .nth(1)
+                    .and_then(|t| t.trim_end_matches('}').trim().parse().ok())
+                    .expect("an instruction count in the emulator's report");
+                line += &format!(", {isa} {:.3} instructions/element", n / (rows * k) as f64);
+            }
+            eprintln!("{line}");
+        }
     }
 }

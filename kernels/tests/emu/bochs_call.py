@@ -13,6 +13,9 @@ returns writes back every byte it changed. A system call cannot work: it
 faults, and the fault is reported. Nothing runs natively: code, statics, stack and heap are the
 parent's bytes, executed by the emulator.
 
+With BOCHS_COUNT_INSTRUCTIONS=1 it also counts the instructions the call
+executes (a Python callback per instruction: slow, for small calls).
+
 Exit codes: 0 the call returned; 1 it faulted or the harness failed (the
 reason is on stderr); 3 the emulator (the `bochscpu-python` package) is not
 importable here. One JSON line on stdout reports pages read and written.
@@ -239,6 +242,14 @@ def main():
 
     hook = bochscpu.Hook()
     hook.exception = exception
+    executed = [0]
+    counting = os.environ.get("BOCHS_COUNT_INSTRUCTIONS") == "1"
+    if counting:
+
+        def count(_sess, _cpu, _insn):
+            executed[0] += 1
+
+        hook.after_execution = count
     t1 = time.monotonic()
     sess.run([hook])
     t2 = time.monotonic()
@@ -271,6 +282,8 @@ def main():
         "run_s": round(t2 - t1, 3),
         "write_back_s": round(time.monotonic() - t2, 3),
     }
+    if counting:
+        report["instructions"] = executed[0]
     print(json.dumps(report))
     return 0
 

@@ -106,8 +106,10 @@ pub enum Failure {
     Failed(String),
 }
 
-/// Runs `jobs` on the emulated CPU; on success every job's outputs and statistics are filled.
-pub fn emulate(jobs: &mut [Job]) -> Result<String, Failure> {
+/// Runs `jobs` on the emulated CPU; on success every job's outputs and statistics are
+/// filled, and the emulator's report (JSON) is returned. `count_instructions` adds the
+/// number of instructions executed to it (slow: a callback per instruction).
+pub fn emulate(jobs: &mut [Job], count_instructions: bool) -> Result<String, Failure> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu/bochs_call.py");
     let python = std::env::var("SHRINKRAY_BOCHS_PYTHON").unwrap_or_else(|_| "python3".into());
     // The emulated call's stack: 1 MiB of this process, 16-byte aligned at the call.
@@ -118,6 +120,10 @@ pub fn emulate(jobs: &mut [Job]) -> Result<String, Failure> {
     // block's own address (the FS base); reading it has no side effect.
     unsafe { std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) fs_base) };
     let out = Command::new(&python)
+        .env(
+            "BOCHS_COUNT_INSTRUCTIONS",
+            if count_instructions { "1" } else { "0" },
+        )
         .arg(&script)
         .arg(std::process::id().to_string())
         .arg(fs_base.to_string())
@@ -138,7 +144,7 @@ pub fn emulate(jobs: &mut [Job]) -> Result<String, Failure> {
 /// [`emulate`], where an unavailable emulator is a SKIPPED message (or a failure under
 /// `SHRINKRAY_REQUIRE_EMULATOR=1`); returns whether the jobs ran.
 pub fn emulate_or_skip(what: &str, jobs: &mut [Job]) -> bool {
-    match emulate(jobs) {
+    match emulate(jobs, false) {
         Ok(report) => {
             eprintln!("{what}: {} jobs on the emulated CPU: {report}", jobs.len());
             true
