@@ -410,13 +410,6 @@ pub struct TensorOutput<'w> {
     pub rtn: Option<ErrorStats>,
 }
 
-impl TensorOutput<'_> {
-    /// The bytes of the output piece of `kind` (empty for [`PieceKind::Kept`]).
-    pub fn part(&self, kind: PieceKind) -> &[u8] {
-        kind.part().map_or(&[], |i| self.parts[i])
-    }
-}
-
 /// Where the time of a run went, in seconds (wall clock).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Phases {

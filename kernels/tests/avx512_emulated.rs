@@ -121,10 +121,10 @@ fn instructions_per_element() {
                 };
                 got.stats = *jobs[0].stats();
                 compare(isa, &c.what, &want, &got);
-                let n: f64 = report
-                    .split("\"instructions\": ")
-                    .nth(1)
-                    .and_then(|t| t.trim_end_matches('}').trim().parse().ok())
+                let report: serde_json::Value =
+                    serde_json::from_str(&report).expect("the emulator's report is JSON");
+                let n = report["instructions"]
+                    .as_f64()
                     .expect("an instruction count in the emulator's report");
                 line += &format!(", {isa} {:.3} instructions/element", n / (rows * k) as f64);
             }
