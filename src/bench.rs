@@ -175,10 +175,17 @@ fn pool(threads: usize) -> Result<rayon::ThreadPool> {
 }
 
 /// Median and minimum of `reps` timings of `f` (after one untimed warm-up).
-fn time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
+fn time(reps: usize, f: impl FnMut()) -> (f64, f64) {
+    time_after(reps, || {}, f)
+}
+
+/// [`time`], with `setup` run untimed before every run of `f`.
+fn time_after(reps: usize, mut setup: impl FnMut(), mut f: impl FnMut()) -> (f64, f64) {
+    setup();
     f();
     let mut t: Vec<f64> = (0..reps.max(1))
         .map(|_| {
+            setup();
             let s = Instant::now();
             f();
             s.elapsed().as_secs_f64()
@@ -446,21 +453,24 @@ fn time_quantize(
     opts: &QuantizeOptions,
     reps: usize,
 ) -> Result<(f64, u64)> {
-    let mut times = Vec::new();
-    let mut written = 0;
-    for rep in 0..=reps.max(1) {
-        // Removing the previous run's output (freeing its pages) is not part of the run.
-        let _ = std::fs::remove_dir_all(out);
-        let t = Instant::now();
-        let r = quantize(file, out, opts)?;
-        if rep > 0 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-        written = r.totals.output_bytes_actual.unwrap_or(0);
-    }
+    let mut written = Ok(0);
+    // Removing the previous run's output (freeing its pages) is not part of the run.
+    let (med, _) = time_after(
+        reps,
+        || {
+            let _ = std::fs::remove_dir_all(out);
+        },
+        || match quantize(file, out, opts) {
+            Ok(r) => {
+                if let Ok(n) = &mut written {
+                    *n = r.totals.output_bytes_actual.unwrap_or(0);
+                }
+            }
+            Err(e) => written = Err(e),
+        },
+    );
     let _ = std::fs::remove_dir_all(out);
-    times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], written))
+    Ok((med, written?))
 }
 
 /// Median seconds to write `n` bytes (8 MiB at a time) into a new file in `dir` and
@@ -470,9 +480,12 @@ fn durable_write_s(dir: &Path, n: u64, reps: usize) -> Result<f64> {
     let path = dir.join("disk-write-probe");
     let block = vec![0x5Au8; 8 << 20];
     let mut err = None;
-    let (med, _) = time(reps, || {
+    // As for `quantize`, removing the previous file is not timed.
+    let remove = || {
+        let _ = std::fs::remove_file(&path);
+    };
+    let (med, _) = time_after(reps, remove, || {
         let r = (|| -> std::io::Result<()> {
-            let _ = std::fs::remove_file(&path);
             let mut f = std::fs::File::create(&path)?;
             let mut left = n as usize;
             while left > 0 {
