@@ -97,8 +97,15 @@ pub struct EndToEnd {
     pub threads: usize,
     /// Bytes of the output file.
     pub output_bytes: u64,
+    /// Timed runs of each `quantize` measurement (after one warm-up run).
+    pub reps: usize,
     /// Median seconds of a whole `quantize` (including fsync and rename).
     pub median_s: f64,
+    /// Median of its phases: reading the input and the kernels, tensor by tensor.
+    pub read_quantize_s: f64,
+    /// Median of its phases: finishing the files after the last tensor (the final
+    /// fsync waits there for what the disk has not written yet).
+    pub finish_s: f64,
     /// GB/s of input at the median.
     pub gb_s: f64,
     /// 1-thread memcpy rate of the same number of bytes (capped at 1 GiB), GB/s,
@@ -110,6 +117,10 @@ pub struct EndToEnd {
     pub vs_memcpy_1t: f64,
     /// Median seconds of the same `quantize --no-fsync` (no flush to disk).
     pub no_fsync_median_s: f64,
+    /// Median read + quantize phase of `--no-fsync`.
+    pub no_fsync_read_quantize_s: f64,
+    /// Median finishing phase of `--no-fsync` (rename only).
+    pub no_fsync_finish_s: f64,
     /// GB/s of input of `--no-fsync`.
     pub no_fsync_gb_s: f64,
     /// no_fsync_gb_s / memcpy_1t_gb_s.
@@ -183,7 +194,7 @@ fn time(reps: usize, f: impl FnMut()) -> (f64, f64) {
 fn time_after(reps: usize, mut setup: impl FnMut(), mut f: impl FnMut()) -> (f64, f64) {
     setup();
     f();
-    let mut t: Vec<f64> = (0..reps.max(1))
+    let t: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             setup();
             let s = Instant::now();
@@ -191,8 +202,8 @@ fn time_after(reps: usize, mut setup: impl FnMut(), mut f: impl FnMut()) -> (f64
             s.elapsed().as_secs_f64()
         })
         .collect();
-    t.sort_by(f64::total_cmp);
-    (t[t.len() / 2], t[0])
+    let min = t.iter().copied().fold(f64::INFINITY, f64::min);
+    (median(t), min)
 }
 
 /// `n` heavy-tailed values as `dtype` bytes, made in parallel, deterministic.
@@ -405,12 +416,13 @@ pub fn end_to_end(
         ..Default::default()
     };
     let input_bytes = crate::checkpoint::Checkpoint::open(file)?.file_bytes();
-    let (med, output_bytes) = time_quantize(file, &out, &opts, reps)?;
+    let durable = time_quantize(file, &out, &opts, reps)?;
     let no_fsync = QuantizeOptions {
         no_fsync: true,
         ..opts.clone()
     };
-    let (no_fsync_med, _) = time_quantize(file, &out, &no_fsync, reps)?;
+    let fast = time_quantize(file, &out, &no_fsync, reps)?;
+    let (med, no_fsync_med, output_bytes) = (durable.median_s, fast.median_s, durable.written);
     let disk_write_s = durable_write_s(&scratch.path, output_bytes, reps)?;
     let n = input_bytes.min(1 << 30) as usize;
     let src = vec![1u8; n];
@@ -432,28 +444,49 @@ pub fn end_to_end(
         isa: crate::quantize::isa()?.name().into(),
         threads: crate::thread_count(threads),
         output_bytes,
+        reps: reps.max(1),
         median_s: med,
+        read_quantize_s: durable.read_quantize_s,
+        finish_s: durable.finish_s,
         gb_s: gb,
         memcpy_1t_gb_s: memcpy,
         memcpy_whole_gb_s: n as f64 / whole / 1e9,
         vs_memcpy_1t: gb / memcpy,
         no_fsync_median_s: no_fsync_med,
+        no_fsync_read_quantize_s: fast.read_quantize_s,
+        no_fsync_finish_s: fast.finish_s,
         no_fsync_gb_s: no_fsync_gb,
         no_fsync_vs_memcpy_1t: no_fsync_gb / memcpy,
         disk_write_s,
     })
 }
 
-/// Median seconds of `reps` whole `quantize` runs of `file` into `out` (after one
-/// warm-up run; each into a fresh directory, the previous output removed untimed),
-/// and the bytes written.
+/// What [`time_quantize`] measured: medians over the timed runs.
+struct QuantizeTiming {
+    median_s: f64,
+    read_quantize_s: f64,
+    finish_s: f64,
+    /// Bytes written by one run.
+    written: u64,
+}
+
+/// Median of `v` (which must not be empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `reps` whole `quantize` runs of `file` into `out` (after one warm-up run; the
+/// previous output removed untimed before each): the median time and phases, and
+/// the bytes written.
 fn time_quantize(
     file: &Path,
     out: &Path,
     opts: &QuantizeOptions,
     reps: usize,
-) -> Result<(f64, u64)> {
+) -> Result<QuantizeTiming> {
     let mut written = Ok(0);
+    let mut phases = Vec::new();
     // Removing the previous run's output (freeing its pages) is not part of the run.
     let (med, _) = time_after(
         reps,
@@ -462,6 +495,7 @@ fn time_quantize(
         },
         || match quantize(file, out, opts) {
             Ok(r) => {
+                phases.extend(r.phases);
                 if let Ok(n) = &mut written {
                     *n = r.totals.output_bytes_actual.unwrap_or(0);
                 }
@@ -470,7 +504,22 @@ fn time_quantize(
         },
     );
     let _ = std::fs::remove_dir_all(out);
-    Ok((med, written?))
+    let written = written?;
+    // The first run is the warm-up.
+    let timed = &phases[1.min(phases.len())..];
+    let of = |f: fn(&crate::engine::Phases) -> f64| {
+        if timed.is_empty() {
+            0.0
+        } else {
+            median(timed.iter().map(f).collect())
+        }
+    };
+    Ok(QuantizeTiming {
+        median_s: med,
+        read_quantize_s: of(|p| p.read_quantize_s),
+        finish_s: of(|p| p.sync_s),
+        written,
+    })
 }
 
 /// Median seconds to write `n` bytes (8 MiB at a time) into a new file in `dir` and
@@ -603,7 +652,7 @@ impl BenchReport {
         }
         if let Some(e) = &self.end_to_end {
             out.push_str(&format!(
-                "\nwhole pipeline: quantize {} ({}) to {} g{} with {} ({} threads), medians; \
+                "\nwhole pipeline: quantize {} ({}) to {} g{} with {} ({} threads), medians of {}; \
                  1-thread memcpy of the same bytes: {:.2} GB/s as in the kernel table \
                  (one memcpy of the whole buffer, with non-temporal stores: {:.2} GB/s)\n",
                 e.file,
@@ -612,19 +661,31 @@ impl BenchReport {
                 e.group_size,
                 e.isa,
                 e.threads,
+                e.reps,
                 e.memcpy_1t_gb_s,
                 e.memcpy_whole_gb_s
             ));
-            let mut t = Table::new(&["run", "seconds", "GB/s of input", "vs memcpy"]);
+            let mut t = Table::new(&[
+                "run",
+                "seconds",
+                "read + quantize",
+                "finish",
+                "GB/s of input",
+                "vs memcpy",
+            ]);
             t.row(vec![
                 "quantize (durable: fsync, rename)".into(),
                 format!("{:.3}", e.median_s),
+                format!("{:.3}", e.read_quantize_s),
+                format!("{:.3}", e.finish_s),
                 format!("{:.2}", e.gb_s),
                 format!("{:.2}", e.vs_memcpy_1t),
             ]);
             t.row(vec![
                 "quantize --no-fsync".into(),
                 format!("{:.3}", e.no_fsync_median_s),
+                format!("{:.3}", e.no_fsync_read_quantize_s),
+                format!("{:.3}", e.no_fsync_finish_s),
                 format!("{:.2}", e.no_fsync_gb_s),
                 format!("{:.2}", e.no_fsync_vs_memcpy_1t),
             ]);
@@ -634,6 +695,8 @@ impl BenchReport {
                     bytes(e.output_bytes)
                 ),
                 format!("{:.3}", e.disk_write_s),
+                "-".into(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
             ]);

@@ -581,7 +581,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     Scheme::Int4Asym,
                     64,
                     e2e_threads,
-                    a.reps.clamp(1, 3),
+                    a.reps,
                 )?);
             }
             if a.out.json {

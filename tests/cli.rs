@@ -557,6 +557,20 @@ fn bench_times_the_whole_pipeline_on_a_file() {
     assert!(e["gb_s"].as_f64().unwrap() > 0.0);
     assert!(e["no_fsync_gb_s"].as_f64().unwrap() > 0.0);
     assert!(e["disk_write_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(e["reps"], 1);
+    // The phases of the timed run: each positive, together within the whole run.
+    for (total, parts) in [
+        ("median_s", ["read_quantize_s", "finish_s"]),
+        (
+            "no_fsync_median_s",
+            ["no_fsync_read_quantize_s", "no_fsync_finish_s"],
+        ),
+    ] {
+        let total = e[total].as_f64().unwrap();
+        let parts: Vec<f64> = parts.iter().map(|p| e[p].as_f64().unwrap()).collect();
+        assert!(parts.iter().all(|&p| p > 0.0), "{parts:?}");
+        assert!(parts.iter().sum::<f64>() <= total, "{parts:?} > {total}");
+    }
     // The output of the run it timed: int4-asym g64 of the fixture, as `quantize` writes it.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q.safetensors");
