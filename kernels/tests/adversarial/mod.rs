@@ -30,7 +30,7 @@ impl Bits {
 }
 
 /// Number of value patterns of [`values`].
-pub const PATTERNS: usize = 14;
+pub const PATTERNS: usize = 15;
 
 /// `n` values of adversarial pattern `kind` for a group size `g`.
 pub fn values(kind: usize, n: usize, g: usize, bits: &mut Bits) -> Vec<f32> {
@@ -80,6 +80,29 @@ pub fn values(kind: usize, n: usize, g: usize, bits: &mut Bits) -> Vec<f32> {
                         lo
                     } else {
                         lo + u.abs() * 8.0
+                    }
+                }
+                14 => {
+                    // Codes that round just beyond the code range (by 0.1–0.3 of a step)
+                    // before clamping, one recipe per run of 8 groups (a batch of the SIMD
+                    // paths): an F16 scale rounded down far enough, subnormal for the
+                    // symmetric schemes, and for the asymmetric ones a minimum 0.6 below
+                    // −65504 (where the stored min stops; flagged). q is F16's quantum.
+                    let q = 2f32.powi(-24);
+                    let (lo, hi) = match (i / (8 * g)) % 8 {
+                        0 => (-127.0 * 1.006 * 64.0 * q, 0.5 * 127.0 * 1.006 * 64.0 * q),
+                        1 => (-8.0 * 1.08 * 5.0 * q, 0.5 * 8.0 * 1.08 * 5.0 * q),
+                        2 => (-65504.6, -65504.0 + 15.0),
+                        3 => (-65504.6, -65504.0 + 255.0),
+                        4 => (-0.5 * 127.0 * 1.006 * 64.0 * q, 127.0 * 1.006 * 64.0 * q),
+                        5 => (0.0, 15.0 * 10.4 * q),
+                        6 => (0.0, 255.0 * 100.25 * q),
+                        _ => (-8.0 * 1.08 * 5.0 * q, 8.0 * 1.08 * 5.0 * q),
+                    };
+                    match i % g {
+                        0 => lo,
+                        1 => hi,
+                        _ => lo + (hi - lo) * u.abs(),
                     }
                 }
                 _ => {

@@ -8,7 +8,10 @@
 //! never fused), packs them, and accumulates the error statistics. F16 and
 //! BF16 are converted in registers. Tails shorter than eight elements run the
 //! specification's own scalar code. Group sizes that are not a multiple of
-//! eight (with more than one group per row) run the scalar path.
+//! eight (with more than one group per row) run the scalar path. Batches of
+//! eight groups skip the clamp (or its lower half) when the groups' extremes
+//! show that no code can round outside the range: the same codes, fewer
+//! instructions.
 
 use core::arch::x86_64::*;
 
@@ -258,6 +261,17 @@ unsafe fn rows_of<T: Load8, const S: u8>(
     stats
 }
 
+/// The smallest and largest code of scheme `S`, as the kernels compute them (before the
+/// +8 offset of int4-sym).
+const fn code_range(s: u8) -> (f32, f32) {
+    match s {
+        SYM8 => (-127.0, 127.0),
+        SYM4 => (-8.0, 7.0),
+        ASYM8 => (0.0, 255.0),
+        _ => (0.0, 15.0),
+    }
+}
+
 /// Magnitude (2^59) from which a group's squares, summed in f32 over the
 /// FLUSH / 8 elements of a lane, could overflow: such groups take the scalar loop.
 const HUGE: f32 = 576_460_752_303_423_488.0;
@@ -447,18 +461,96 @@ unsafe fn batch8<T: Load8, const S: u8>(
             );
         }
 
-        // Codes, from the cache.
-        let (qlo, qhi) = match S {
-            SYM8 => (-127.0, 127.0),
-            SYM4 => (-8.0, 7.0),
-            ASYM8 => (0.0, 255.0),
-            _ => (0.0, 15.0),
+        // Codes. Clamping to the code range is skipped when no value of the batch can
+        // round outside it: the codes' float values grow monotonically with x (or shrink,
+        // for a negative scale), so the group's extremes bound them all.
+        let (qlo, qhi) = code_range(S);
+        let (a, b) = if S == ASYM8 || S == ASYM4 {
+            (
+                _mm256_mul_ps(_mm256_sub_ps(lo, min), inv),
+                _mm256_mul_ps(_mm256_sub_ps(hi, min), inv),
+            )
+        } else {
+            (_mm256_mul_ps(lo, inv), _mm256_mul_ps(hi, inv))
         };
+        let below_ok = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(
+            _mm256_min_ps(a, b),
+            _mm256_set1_ps(qlo - 0.5),
+        )) == 0xFF;
+        let above_ok = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(
+            _mm256_max_ps(a, b),
+            _mm256_set1_ps(qhi + 0.5),
+        )) == 0xFF;
+        let batch = Batch {
+            g,
+            src,
+            cache: c,
+            s0,
+            dst: codes.as_mut_ptr(),
+            inv,
+            scale,
+            min,
+        };
+        // (Symmetric int4 often needs the upper bound alone: a group whose extremes are
+        // nearly opposite rounds its largest value to +8.)
+        let (e2, emax) = match (below_ok, above_ok) {
+            (true, true) => batch_codes::<T, S, CLAMP_NONE>(&batch, acc.e2, acc.emax),
+            (true, false) => batch_codes::<T, S, CLAMP_HI>(&batch, acc.e2, acc.emax),
+            _ => batch_codes::<T, S, CLAMP_BOTH>(&batch, acc.e2, acc.emax),
+        };
+        acc.e2 = e2;
+        acc.emax = emax;
+        acc.x2 = _mm256_add_ps(acc.x2, x2);
+        acc.n += 8 * g;
+        if acc.n >= Acc::FLUSH {
+            acc.flush(stats);
+        }
+        true
+    }
+}
+
+/// No code of the batch can round outside the scheme's range.
+const CLAMP_NONE: u8 = 0;
+/// Codes may round above the range, not below it.
+const CLAMP_HI: u8 = 1;
+/// Codes may round outside the range on either side.
+const CLAMP_BOTH: u8 = 2;
+
+/// What [`batch_codes`] needs of a batch of 8 groups: the group size, where the values
+/// are (the input, and the cache of converted values), where the codes go, and the 8
+/// groups' inverse scales, scales and mins in vector lanes.
+struct Batch<T> {
+    g: usize,
+    src: *const T,
+    cache: *const f32,
+    s0: usize,
+    dst: *mut u8,
+    inv: __m256,
+    scale: __m256,
+    min: __m256,
+}
+
+/// Codes and error sums of the 8 groups of `b`, from the cache or from the input again
+/// ([`Load8::IN_PLACE`]), clamped to the scheme's range at the bounds `CLAMP` says
+/// ([`CLAMP_NONE`] when no code can leave it, [`CLAMP_HI`], [`CLAMP_BOTH`]).
+/// Returns the error sums `e2`, `emax` with the batch's errors added.
+///
+/// # Safety
+/// As [`batch8`], whose checks cover every load and store here.
+#[inline(always)]
+unsafe fn batch_codes<T: Load8, const S: u8, const CLAMP: u8>(
+    b: &Batch<T>,
+    mut e2: __m256,
+    mut emax: __m256,
+) -> (__m256, __m256) {
+    let (g, src, c, s0, dst) = (b.g, b.src, b.cache, b.s0, b.dst);
+    let (inv, scale, min) = (b.inv, b.scale, b.min);
+    // SAFETY: the caller's (see above).
+    unsafe {
+        let (qlo, qhi) = code_range(S);
         let (vlo, vhi) = (_mm256_set1_ps(qlo), _mm256_set1_ps(qhi));
         let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
         let pairs = _mm_set1_epi16(0x1001);
-        let (mut e2, mut emax) = (acc.e2, acc.emax);
-        let dst = codes.as_mut_ptr();
         // The group's values again: from the input itself, or from the cache (Load8::IN_PLACE).
         let ld = |i: usize| {
             if T::IN_PLACE {
@@ -481,7 +573,11 @@ unsafe fn batch8<T: Load8, const S: u8>(
                 let q = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
                     _mm256_mul_ps(t, vinv),
                 );
-                let q = _mm256_min_ps(_mm256_max_ps(q, vlo), vhi);
+                let q = match CLAMP {
+                    CLAMP_NONE => q,
+                    CLAMP_HI => _mm256_min_ps(q, vhi),
+                    _ => _mm256_min_ps(_mm256_max_ps(q, vlo), vhi),
+                };
                 let xh = if S == ASYM8 || S == ASYM4 {
                     _mm256_add_ps(_mm256_mul_ps(q, vscale), vmin)
                 } else {
@@ -496,10 +592,11 @@ unsafe fn batch8<T: Load8, const S: u8>(
                 let (q1, er1) = quant(ld(i + 8));
                 let (q2, er2) = quant(ld(i + 16));
                 let (q3, er3) = quant(ld(i + 24));
-                e2 = _mm256_fmadd_ps(er0, er0, e2);
-                e2 = _mm256_fmadd_ps(er1, er1, e2);
-                e2 = _mm256_fmadd_ps(er2, er2, e2);
-                e2 = _mm256_fmadd_ps(er3, er3, e2);
+                // One addition into the running sum per step: a short chain through it
+                // even where the compiler keeps it in memory.
+                let s01 = _mm256_fmadd_ps(er1, er1, _mm256_mul_ps(er0, er0));
+                let s23 = _mm256_fmadd_ps(er3, er3, _mm256_mul_ps(er2, er2));
+                e2 = _mm256_add_ps(e2, _mm256_add_ps(s01, s23));
                 emax = _mm256_max_ps(
                     emax,
                     _mm256_max_ps(
@@ -575,14 +672,7 @@ unsafe fn batch8<T: Load8, const S: u8>(
                 i += 16;
             }
         }
-        acc.e2 = e2;
-        acc.emax = emax;
-        acc.x2 = _mm256_add_ps(acc.x2, x2);
-        acc.n += 8 * g;
-        if acc.n >= Acc::FLUSH {
-            acc.flush(stats);
-        }
-        true
+        (e2, emax)
     }
 }
 
@@ -675,12 +765,7 @@ unsafe fn code_body<T: Load8, const S: u8>(
     stats: &mut ErrorStats,
 ) {
     let asym = S == ASYM8 || S == ASYM4;
-    let (qlo, qhi) = match S {
-        SYM8 => (-127.0, 127.0),
-        SYM4 => (-8.0, 7.0),
-        ASYM8 => (0.0, 255.0),
-        _ => (0.0, 15.0),
-    };
+    let (qlo, qhi) = code_range(S);
     assert!(
         start + body
             <= if S == SYM8 || S == ASYM8 {
