@@ -25,21 +25,29 @@ use crate::{ErrorStats, QuantFormat, RowsOut, ScaleDtype, Scheme, Src};
 
 /// Eight elements loaded as f32 lanes.
 pub(super) trait Load8: Element {
-    /// Whether the batched path reads these elements again in place for the codes
-    /// (converting them again) instead of keeping a converted copy in its cache: true
-    /// where a load and conversion cost less than a store and a load (f32, f16).
-    const IN_PLACE: bool = false;
+    /// Whether [`Load8::load16`] returns its elements split by 128-bit lane rather than in order.
+    const SPLIT: bool = false;
 
     /// Loads `p[0..8]`.
     ///
     /// # Safety
     /// `p..p+8` must be readable, and the CPU must have AVX2 and F16C.
     unsafe fn load8(p: *const Self) -> __m256;
+
+    /// Loads `p[0..16]`: `p[0..8]` and `p[8..16]`, or with [`Load8::SPLIT`],
+    /// `p[0..4] ++ p[8..12]` and `p[4..8] ++ p[12..16]` (what unpacking a 256-bit
+    /// register gives; the packing instructions put such halves back in order).
+    ///
+    /// # Safety
+    /// `p..p+16` must be readable, and the CPU must have AVX2 and F16C.
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees 16 readable elements.
+        unsafe { (Self::load8(p), Self::load8(p.add(8))) }
+    }
 }
 
 impl Load8 for f32 {
-    const IN_PLACE: bool = true;
-
     #[inline(always)]
     unsafe fn load8(p: *const f32) -> __m256 {
         // SAFETY: the caller guarantees 8 readable elements; loadu has no alignment need.
@@ -48,8 +56,6 @@ impl Load8 for f32 {
 }
 
 impl Load8 for f16 {
-    const IN_PLACE: bool = true;
-
     #[inline(always)]
     unsafe fn load8(p: *const f16) -> __m256 {
         // SAFETY: 8 readable f16 = 16 bytes; F16C conversion is exact.
@@ -58,6 +64,22 @@ impl Load8 for f16 {
 }
 
 impl Load8 for bf16 {
+    const SPLIT: bool = true;
+
+    #[inline(always)]
+    unsafe fn load16(p: *const bf16) -> (__m256, __m256) {
+        // SAFETY: 16 readable bf16 = 32 bytes; interleaving zero words below each bf16
+        // makes the f32 with the same value.
+        unsafe {
+            let w = _mm256_loadu_si256(p as *const __m256i);
+            let z = _mm256_setzero_si256();
+            (
+                _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, w)),
+                _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, w)),
+            )
+        }
+    }
+
     #[inline(always)]
     unsafe fn load8(p: *const bf16) -> __m256 {
         // SAFETY: 8 readable bf16 = 16 bytes; a bf16 is the high half of an f32.
@@ -188,8 +210,7 @@ unsafe fn rows_of<T: Load8, const S: u8>(
     // The batched path: F16 scales, groups of 16..=256 elements in multiples of 16.
     let batched = fmt.scale_dtype == ScaleDtype::F16
         && fmt.group.is_multiple_of(16)
-        && fmt.group <= CACHE / 8;
-    let mut cache = [0f32; CACHE];
+        && fmt.group <= MAX_BATCH_GROUP;
     for r in 0..rows {
         let row = &src[r * k..(r + 1) * k];
         let mut first = 0;
@@ -206,7 +227,6 @@ unsafe fn rows_of<T: Load8, const S: u8>(
                         codes,
                         params,
                         r * gpr + first,
-                        &mut cache,
                         &mut acc,
                         &mut stats,
                     )
@@ -276,8 +296,9 @@ const fn code_range(s: u8) -> (f32, f32) {
 /// FLUSH / 8 elements of a lane, could overflow: such groups take the scalar loop.
 const HUGE: f32 = 576_460_752_303_423_488.0;
 
-/// Elements of the group cache: 8 groups of up to 256.
-const CACHE: usize = 2048;
+/// The largest group of the batched path: its error sums stay in f32 for a whole batch
+/// (`g` squares per lane), which [`HUGE`] keeps finite up to this size.
+const MAX_BATCH_GROUP: usize = 256;
 
 /// Reduces 8 vectors to one whose lane `j` is `op` over all lanes of `v[j]`.
 #[inline(always)]
@@ -320,15 +341,15 @@ unsafe fn f16_saturating(d: __m256) -> (__m256, __m256) {
 }
 
 /// Eight full groups of `g` elements starting at group `first` of `row`: one vector pass
-/// for min/max (BF16 input is converted into `cache` on the way), the 8 groups'
+/// for min/max, the 8 groups'
 /// parameters in vector lanes (F16 scales, the specification's arithmetic lane by lane),
-/// then codes from the cache, or from the row again, now in L1 ([`Load8::IN_PLACE`]).
+/// then codes from the row again, now in L1.
 ///
 /// Returns false, having written nothing, when a NaN or ±Inf is among them (or a value
 /// so large that its square overflows f32).
 ///
 /// # Safety
-/// AVX2/FMA/F16C; `g % 16 == 0`, `8·g ≤ CACHE`, and groups `first..first + 8` are full groups of `row`.
+/// AVX2/FMA/F16C; `g % 16 == 0`, `g ≤ MAX_BATCH_GROUP`, and groups `first..first + 8` are full groups of `row`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn batch8<T: Load8, const S: u8>(
@@ -338,12 +359,11 @@ unsafe fn batch8<T: Load8, const S: u8>(
     codes: &mut [u8],
     (scales, mins): (&mut [u8], &mut [u8]),
     gidx: usize,
-    cache: &mut [f32; CACHE],
     acc: &mut Acc,
     stats: &mut ErrorStats,
 ) -> bool {
     let s0 = first * g;
-    assert!(s0 + 8 * g <= row.len() && 8 * g <= CACHE && g.is_multiple_of(16));
+    assert!(s0 + 8 * g <= row.len() && g <= MAX_BATCH_GROUP && g.is_multiple_of(16));
     assert!((gidx + 8) * 2 <= scales.len());
     let four = S == SYM4 || S == ASYM4;
     assert!(if four {
@@ -351,12 +371,11 @@ unsafe fn batch8<T: Load8, const S: u8>(
     } else {
         s0 + 8 * g <= codes.len()
     });
-    // SAFETY: every load reads row[s0 .. s0 + 8g] or cache[.. 8g], every store writes
-    // cache[.. 8g], codes[s0 .. s0 + 8g] (or the halves at 4 bits) and scales/mins at
+    // SAFETY: every load reads row[s0 .. s0 + 8g], every store writes
+    // codes[s0 .. s0 + 8g] (or the halves at 4 bits) and scales/mins at
     // groups gidx .. gidx + 8, all inside their slices by the assertions above.
     unsafe {
         let src = row.as_ptr().add(s0);
-        let c = cache.as_mut_ptr();
         let inf = _mm256_set1_ps(f32::INFINITY);
         let sign = _mm256_set1_ps(-0.0);
         let mut lo = [inf; 8];
@@ -369,12 +388,7 @@ unsafe fn batch8<T: Load8, const S: u8>(
             let base = j * g;
             let mut i = 0;
             while i < g {
-                let x0 = T::load8(src.add(base + i));
-                let x1 = T::load8(src.add(base + i + 8));
-                if !T::IN_PLACE {
-                    _mm256_storeu_ps(c.add(base + i), x0);
-                    _mm256_storeu_ps(c.add(base + i + 8), x1);
-                }
+                let (x0, x1) = T::load16(src.add(base + i));
                 l0 = _mm256_min_ps(l0, x0);
                 l1 = _mm256_min_ps(l1, x1);
                 h0 = _mm256_max_ps(h0, x0);
@@ -484,7 +498,6 @@ unsafe fn batch8<T: Load8, const S: u8>(
         let batch = Batch {
             g,
             src,
-            cache: c,
             s0,
             dst: codes.as_mut_ptr(),
             inv,
@@ -517,12 +530,11 @@ const CLAMP_HI: u8 = 1;
 const CLAMP_BOTH: u8 = 2;
 
 /// What [`batch_codes`] needs of a batch of 8 groups: the group size, where the values
-/// are (the input, and the cache of converted values), where the codes go, and the 8
+/// are, where the codes go, and the 8
 /// groups' inverse scales, scales and mins in vector lanes.
 struct Batch<T> {
     g: usize,
     src: *const T,
-    cache: *const f32,
     s0: usize,
     dst: *mut u8,
     inv: __m256,
@@ -530,8 +542,7 @@ struct Batch<T> {
     min: __m256,
 }
 
-/// Codes and error sums of the 8 groups of `b`, from the cache or from the input again
-/// ([`Load8::IN_PLACE`]), clamped to the scheme's range at the bounds `CLAMP` says
+/// Codes and error sums of the 8 groups of `b`, from the input again (now in L1), clamped to the scheme's range at the bounds `CLAMP` says
 /// ([`CLAMP_NONE`] when no code can leave it, [`CLAMP_HI`], [`CLAMP_BOTH`]).
 /// Returns the error sums `e2`, `emax` with the batch's errors added.
 ///
@@ -543,7 +554,7 @@ unsafe fn batch_codes<T: Load8, const S: u8, const CLAMP: u8>(
     mut e2: __m256,
     mut emax: __m256,
 ) -> (__m256, __m256) {
-    let (g, src, c, s0, dst) = (b.g, b.src, b.cache, b.s0, b.dst);
+    let (g, src, s0, dst) = (b.g, b.src, b.s0, b.dst);
     let (inv, scale, min) = (b.inv, b.scale, b.min);
     // SAFETY: the caller's (see above).
     unsafe {
@@ -551,14 +562,8 @@ unsafe fn batch_codes<T: Load8, const S: u8, const CLAMP: u8>(
         let (vlo, vhi) = (_mm256_set1_ps(qlo), _mm256_set1_ps(qhi));
         let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
         let pairs = _mm_set1_epi16(0x1001);
-        // The group's values again: from the input itself, or from the cache (Load8::IN_PLACE).
-        let ld = |i: usize| {
-            if T::IN_PLACE {
-                T::load8(src.add(i))
-            } else {
-                _mm256_loadu_ps(c.add(i))
-            }
-        };
+        // The group's values again, from the input.
+        let ld = |i: usize| T::load16(src.add(i));
         for j in 0..8 {
             let lane = _mm256_set1_epi32(j as i32);
             let vinv = _mm256_permutevar8x32_ps(inv, lane);
@@ -588,10 +593,11 @@ unsafe fn batch_codes<T: Load8, const S: u8, const CLAMP: u8>(
             let mut i = j * g;
             // 32 elements a step when the group allows it: fewer pack instructions.
             while g.is_multiple_of(32) && i < (j + 1) * g {
-                let (q0, er0) = quant(ld(i));
-                let (q1, er1) = quant(ld(i + 8));
-                let (q2, er2) = quant(ld(i + 16));
-                let (q3, er3) = quant(ld(i + 24));
+                let ((x0, x1), (x2, x3)) = (ld(i), ld(i + 16));
+                let (q0, er0) = quant(x0);
+                let (q1, er1) = quant(x1);
+                let (q2, er2) = quant(x2);
+                let (q3, er3) = quant(x3);
                 // One addition into the running sum per step: a short chain through it
                 // even where the compiler keeps it in memory.
                 let s01 = _mm256_fmadd_ps(er1, er1, _mm256_mul_ps(er0, er0));
@@ -616,9 +622,14 @@ unsafe fn batch_codes<T: Load8, const S: u8, const CLAMP: u8>(
                         } else {
                             _mm256_packus_epi16(w01, w23)
                         };
+                        // (Or, from split loads: [0..8, 16..24 | 8..16, 24..32] as qwords.)
                         let b = _mm256_permutevar8x32_epi32(
                             b,
-                            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+                            if T::SPLIT {
+                                _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)
+                            } else {
+                                _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)
+                            },
                         );
                         _mm256_storeu_si256(dst.add(at) as *mut __m256i, b);
                     }
@@ -633,17 +644,21 @@ unsafe fn batch_codes<T: Load8, const S: u8, const CLAMP: u8>(
                         let n = _mm256_packus_epi16(n, n);
                         let (lo, hi) =
                             (_mm256_castsi256_si128(n), _mm256_extracti128_si256::<1>(n));
-                        _mm_storeu_si128(
-                            dst.add(at / 2) as *mut __m128i,
-                            _mm_unpacklo_epi16(lo, hi),
-                        );
+                        // (From split loads: dwords [0..8, 16..24] and [8..16, 24..32].)
+                        let n = if T::SPLIT {
+                            _mm_unpacklo_epi32(lo, hi)
+                        } else {
+                            _mm_unpacklo_epi16(lo, hi)
+                        };
+                        _mm_storeu_si128(dst.add(at / 2) as *mut __m128i, n);
                     }
                 }
                 i += 32;
             }
             while i < (j + 1) * g {
-                let (q0, er0) = quant(ld(i));
-                let (q1, er1) = quant(ld(i + 8));
+                let (x0, x1) = ld(i);
+                let (q0, er0) = quant(x0);
+                let (q1, er1) = quant(x1);
                 e2 = _mm256_fmadd_ps(er0, er0, e2);
                 e2 = _mm256_fmadd_ps(er1, er1, e2);
                 emax = _mm256_max_ps(
@@ -651,7 +666,12 @@ unsafe fn batch_codes<T: Load8, const S: u8, const CLAMP: u8>(
                     _mm256_max_ps(_mm256_and_ps(er0, abs), _mm256_and_ps(er1, abs)),
                 );
                 let w = _mm256_packs_epi32(_mm256_cvtps_epi32(q0), _mm256_cvtps_epi32(q1));
-                let w = _mm256_permute4x64_epi64::<0xD8>(w);
+                // (Split loads come out of the pack in order.)
+                let w = if T::SPLIT {
+                    w
+                } else {
+                    _mm256_permute4x64_epi64::<0xD8>(w)
+                };
                 let (wl, wh) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
                 let at = s0 + i;
                 match S {
