@@ -564,11 +564,15 @@ unsafe fn batch_codes<T: Load8, const S: u8, const CLAMP: u8>(
         let pairs = _mm_set1_epi16(0x1001);
         // The group's values again, from the input.
         let ld = |i: usize| T::load16(src.add(i));
+        // Each group's parameters are broadcast from memory (a load each, no shuffle).
+        let (mut ainv, mut ascale, mut amin) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+        _mm256_storeu_ps(ainv.as_mut_ptr(), inv);
+        _mm256_storeu_ps(ascale.as_mut_ptr(), scale);
+        _mm256_storeu_ps(amin.as_mut_ptr(), min);
         for j in 0..8 {
-            let lane = _mm256_set1_epi32(j as i32);
-            let vinv = _mm256_permutevar8x32_ps(inv, lane);
-            let vscale = _mm256_permutevar8x32_ps(scale, lane);
-            let vmin = _mm256_permutevar8x32_ps(min, lane);
+            let vinv = _mm256_set1_ps(ainv[j]);
+            let vscale = _mm256_set1_ps(ascale[j]);
+            let vmin = _mm256_set1_ps(amin[j]);
             let quant = |x: __m256| {
                 let t = if S == ASYM8 || S == ASYM4 {
                     _mm256_sub_ps(x, vmin)
