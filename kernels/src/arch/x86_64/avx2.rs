@@ -283,7 +283,7 @@ unsafe fn rows_of<T: Load8, const S: u8>(
 
 /// The smallest and largest code of scheme `S`, as the kernels compute them (before the
 /// +8 offset of int4-sym).
-const fn code_range(s: u8) -> (f32, f32) {
+pub(super) const fn code_range(s: u8) -> (f32, f32) {
     match s {
         SYM8 => (-127.0, 127.0),
         SYM4 => (-8.0, 7.0),
@@ -523,11 +523,11 @@ unsafe fn batch8<T: Load8, const S: u8>(
 }
 
 /// No code of the batch can round outside the scheme's range.
-const CLAMP_NONE: u8 = 0;
+pub(super) const CLAMP_NONE: u8 = 0;
 /// Codes may round above the range, not below it.
-const CLAMP_HI: u8 = 1;
+pub(super) const CLAMP_HI: u8 = 1;
 /// Codes may round outside the range on either side.
-const CLAMP_BOTH: u8 = 2;
+pub(super) const CLAMP_BOTH: u8 = 2;
 
 /// What [`batch_codes`] needs of a batch of 8 groups: the group size, where the values
 /// are, where the codes go, and the 8

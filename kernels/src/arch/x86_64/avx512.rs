@@ -32,7 +32,9 @@ use core::mem::MaybeUninit;
 
 use half::{bf16, f16};
 
-use super::avx2::{hmax, hmin, hsum, F16c, ASYM4, ASYM8, SYM4, SYM8};
+use super::avx2::{
+    code_range, hmax, hmin, hsum, F16c, ASYM4, ASYM8, CLAMP_BOTH, CLAMP_HI, CLAMP_NONE, SYM4, SYM8,
+};
 use crate::scalar::{check_sizes, params_from_range_with, put_params, quantize_span, GroupParams};
 use crate::{ErrorStats, QuantFormat, RowsOut, ScaleDtype, Scheme, Src};
 
@@ -440,12 +442,7 @@ impl Consts {
     /// AVX-512 F.
     #[inline(always)]
     unsafe fn new<const S: u8>(inv: __m512, scale: __m512, min: __m512) -> Consts {
-        let (qlo, qhi) = match S {
-            SYM8 => (-127.0, 127.0),
-            SYM4 => (-8.0, 7.0),
-            ASYM8 => (0.0, 255.0),
-            _ => (0.0, 15.0),
-        };
+        let (qlo, qhi) = code_range(S);
         // SAFETY: register-only operations.
         unsafe {
             Consts {
@@ -460,7 +457,8 @@ impl Consts {
 }
 
 /// The specification's codes and errors of 16 finite values: returns the codes (before
-/// the +8 of `int4`) as i32 lanes and `x − x̂`.
+/// the +8 of `int4`) as i32 lanes and `x − x̂`. `CLAMP` says at which bounds of the code
+/// range values may need clamping ([`CLAMP_BOTH`] unless the caller showed otherwise).
 ///
 /// `clamp(round(v))` is computed as `round(clamp(v))`: the bounds are integers, so both
 /// are equal for every v (no NaN reaches here), and the rounding (to nearest even,
@@ -471,12 +469,17 @@ impl Consts {
 /// # Safety
 /// AVX-512 F.
 #[inline(always)]
-unsafe fn quant<const S: u8>(x: __m512, c: &Consts) -> (__m512i, __m512) {
+unsafe fn quant<const S: u8, const CLAMP: u8>(x: __m512, c: &Consts) -> (__m512i, __m512) {
     let asym = S == ASYM8 || S == ASYM4;
     // SAFETY: register-only operations.
     unsafe {
         let t = if asym { _mm512_sub_ps(x, c.min) } else { x };
-        let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(t, c.inv), c.qlo), c.qhi);
+        let v = _mm512_mul_ps(t, c.inv);
+        let v = match CLAMP {
+            CLAMP_NONE => v,
+            CLAMP_HI => _mm512_min_ps(v, c.qhi),
+            _ => _mm512_min_ps(_mm512_max_ps(v, c.qlo), c.qhi),
+        };
         let qi = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
         let q = _mm512_cvtepi32_ps(qi);
         let xh = if asym {
@@ -559,7 +562,7 @@ unsafe fn code_body<T: Load16, const S: u8>(
             let raw = T::load16(src.add(i));
             let fin = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(raw), inf);
             let v = _mm512_maskz_mov_ps(fin, raw);
-            let (qi, e) = quant::<S>(v, &c);
+            let (qi, e) = quant::<S, CLAMP_BOTH>(v, &c);
             a.add(v, e);
             let b = pack::<S>(qi, None);
             if four {
@@ -578,7 +581,7 @@ unsafe fn code_body<T: Load16, const S: u8>(
             let raw = T::load16_masked(src.add(i), m);
             let fin = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(m, _mm512_abs_ps(raw), inf);
             let v = _mm512_maskz_mov_ps(fin, raw);
-            let (qi, e) = quant::<S>(v, &c);
+            let (qi, e) = quant::<S, CLAMP_BOTH>(v, &c);
             a.add(v, _mm512_maskz_mov_ps(m, e));
             let b = pack::<S>(qi, Some(m));
             if four {
@@ -877,20 +880,90 @@ unsafe fn batch<T: Load16, const S: u8>(
             );
         }
 
-        // Codes, from the cache (or the f32 input), group by group.
-        let dst = codes.as_mut_ptr();
+        // Codes, from the cache (or the f32 input), group by group. Clamping to the code
+        // range is skipped when no value of the batch can round outside it: the codes'
+        // float values grow monotonically with x (or shrink, for a negative scale), so the
+        // groups' extremes bound them all.
+        let (qlo, qhi) = code_range(S);
+        let (at_lo, at_hi) = if asym {
+            (
+                _mm512_mul_ps(_mm512_sub_ps(lo, min), inv),
+                _mm512_mul_ps(_mm512_sub_ps(hi, min), inv),
+            )
+        } else {
+            (_mm512_mul_ps(lo, inv), _mm512_mul_ps(hi, inv))
+        };
+        let below_ok = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
+            active,
+            _mm512_min_ps(at_lo, at_hi),
+            _mm512_set1_ps(qlo - 0.5),
+        ) == active;
+        let above_ok = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(
+            active,
+            _mm512_max_ps(at_lo, at_hi),
+            _mm512_set1_ps(qhi + 0.5),
+        ) == active;
+        let params = BatchParams { inv, scale, min };
         let mut a = *acc;
+        match (below_ok, above_ok) {
+            (true, true) => {
+                batch_codes::<S, CLAMP_NONE>(g, m, data, s0, codes, &params, &mut a, stats)
+            }
+            (true, false) => {
+                batch_codes::<S, CLAMP_HI>(g, m, data, s0, codes, &params, &mut a, stats)
+            }
+            _ => batch_codes::<S, CLAMP_BOTH>(g, m, data, s0, codes, &params, &mut a, stats),
+        }
+        *acc = a;
+        stats.sum_sq += hsum16(xs);
+        true
+    }
+}
+
+/// The parameters of a batch's groups, lane `j` for group `j`.
+struct BatchParams {
+    inv: __m512,
+    scale: __m512,
+    min: __m512,
+}
+
+/// The codes of the `m` groups of `g` values at `data` (the batch starting at row
+/// position `s0`), clamped at the bounds `CLAMP` says, with their error sums added to `a`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `data` holds `m·g` readable f32, and the codes of row positions
+/// `s0..s0 + m·g` lie inside `codes` (as [`batch`] asserts).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn batch_codes<const S: u8, const CLAMP: u8>(
+    g: usize,
+    m: usize,
+    data: *const f32,
+    s0: usize,
+    codes: &mut [u8],
+    p: &BatchParams,
+    a: &mut Acc,
+    stats: &mut ErrorStats,
+) {
+    let four = S == SYM4 || S == ASYM4;
+    // SAFETY: the caller's contract covers every load and store.
+    unsafe {
+        // Each group's parameters are broadcast from memory (a load each, no shuffle).
+        let (mut inv, mut scale, mut min) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+        _mm512_storeu_ps(inv.as_mut_ptr(), p.inv);
+        _mm512_storeu_ps(scale.as_mut_ptr(), p.scale);
+        _mm512_storeu_ps(min.as_mut_ptr(), p.min);
+        let dst = codes.as_mut_ptr();
         for j in 0..m {
-            let lane = _mm512_set1_epi32(j as i32);
             let c = Consts::new::<S>(
-                _mm512_permutexvar_ps(lane, inv),
-                _mm512_permutexvar_ps(lane, scale),
-                _mm512_permutexvar_ps(lane, min),
+                _mm512_set1_ps(inv[j]),
+                _mm512_set1_ps(scale[j]),
+                _mm512_set1_ps(min[j]),
             );
             let base = j * g;
             let mut i = 0;
             while i < g {
-                let (qi, e) = quant::<S>(_mm512_loadu_ps(data.add(base + i)), &c);
+                let (qi, e) = quant::<S, CLAMP>(_mm512_loadu_ps(data.add(base + i)), &c);
                 a.e2 = _mm512_fmadd_ps(e, e, a.e2);
                 a.emax = _mm512_max_ps(a.emax, _mm512_abs_ps(e));
                 let b = pack::<S>(qi, None);
@@ -907,9 +980,6 @@ unsafe fn batch<T: Load16, const S: u8>(
                 a.flush(stats);
             }
         }
-        *acc = a;
-        stats.sum_sq += hsum16(xs);
-        true
     }
 }
 
