@@ -119,7 +119,8 @@ pub struct EndToEnd {
     pub no_fsync_median_s: f64,
     /// Median read + quantize phase of `--no-fsync`.
     pub no_fsync_read_quantize_s: f64,
-    /// Median finishing phase of `--no-fsync` (rename only).
+    /// Median finishing phase of `--no-fsync` (no flush: the length check, the rename, and
+    /// any index or config file).
     pub no_fsync_finish_s: f64,
     /// GB/s of input of `--no-fsync`.
     pub no_fsync_gb_s: f64,

@@ -292,8 +292,10 @@ pub(super) const fn code_range(s: u8) -> (f32, f32) {
     }
 }
 
-/// Magnitude (2^59) from which a group's squares, summed in f32 over the
-/// FLUSH / 8 elements of a lane, could overflow: such groups take the scalar loop.
+/// Magnitude (2^59) from which a group's squares, summed in f32 over the elements a
+/// lane adds up before a flush (FLUSH / 8 on the per-group path, up to
+/// [`MAX_BATCH_GROUP`] + 63 on the batched one), could overflow: such groups take the
+/// scalar loop.
 const HUGE: f32 = 576_460_752_303_423_488.0;
 
 /// The largest group of the batched path: its error sums stay in f32 for a whole batch
@@ -345,8 +347,8 @@ unsafe fn f16_saturating(d: __m256) -> (__m256, __m256) {
 /// parameters in vector lanes (F16 scales, the specification's arithmetic lane by lane),
 /// then codes from the row again, now in L1.
 ///
-/// Returns false, having written nothing, when a NaN or ±Inf is among them (or a value
-/// so large that its square overflows f32).
+/// Returns false, having written nothing, when a NaN or ±Inf is among them, or a
+/// magnitude of [`HUGE`] or more.
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `g % 16 == 0`, `g ≤ MAX_BATCH_GROUP`, and groups `first..first + 8` are full groups of `row`.
@@ -504,8 +506,10 @@ unsafe fn batch8<T: Load8, const S: u8>(
             scale,
             min,
         };
-        // (Symmetric int4 often needs the upper bound alone: a group whose extremes are
-        // nearly opposite rounds its largest value to +8.)
+        // (Symmetric int4 often needs the upper bound alone: in a group whose extremes are
+        // nearly opposite, the one of smaller magnitude can round to +8: the largest value
+        // when the negative extreme dominates, the smallest when the positive one does and
+        // the scale is negative.)
         let (e2, emax) = match (below_ok, above_ok) {
             (true, true) => batch_codes::<T, S, CLAMP_NONE>(&batch, acc.e2, acc.emax),
             (true, false) => batch_codes::<T, S, CLAMP_HI>(&batch, acc.e2, acc.emax),
@@ -556,7 +560,8 @@ unsafe fn batch_codes<T: Load8, const S: u8, const CLAMP: u8>(
 ) -> (__m256, __m256) {
     let (g, src, s0, dst) = (b.g, b.src, b.s0, b.dst);
     let (inv, scale, min) = (b.inv, b.scale, b.min);
-    // SAFETY: the caller's (see above).
+    // SAFETY: the caller's contract covers every load and store into `src` and `dst`;
+    // the other stores write the local arrays of 8 f32, whole.
     unsafe {
         let (qlo, qhi) = code_range(S);
         let (vlo, vhi) = (_mm256_set1_ps(qlo), _mm256_set1_ps(qhi));

@@ -16,8 +16,10 @@
 //! sixteen full groups are done at once ([`batch`]): one pass converts them into a cache
 //! (F32 input is read again in place) for the min/max and Σx², the parameters of all the
 //! groups are computed in the lanes of one register (the specification's arithmetic lane
-//! by lane, rounding to F16 with `vcvtps2ph`), then the codes come from the cache. A
-//! batch holding a NaN, an ±Inf or a magnitude of [`HUGE`] or more goes group by group.
+//! by lane, rounding to F16 with `vcvtps2ph`), then the codes come from the cache, with
+//! the clamp left out (or its lower half) where the groups' extremes show that no code
+//! can round outside the range: the same codes, fewer instructions. A batch holding a
+//! NaN, an ±Inf or a magnitude of [`HUGE`] or more goes group by group.
 //!
 //! The specification's own scalar loop (on values converted in registers) runs only for
 //! groups with a magnitude of [`HUGE`] or more (their error sums need f64) and, at 4
@@ -931,8 +933,8 @@ struct BatchParams {
 /// position `s0`), clamped at the bounds `CLAMP` says, with their error sums added to `a`.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL; `data` holds `m·g` readable f32, and the codes of row positions
-/// `s0..s0 + m·g` lie inside `codes` (as [`batch`] asserts).
+/// AVX-512 F/BW/VL; `g % 16 == 0`, `m ≤ 16`, `data` holds `m·g` readable f32, and the
+/// codes of row positions `s0..s0 + m·g` lie inside `codes` (as [`batch`] asserts).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn batch_codes<const S: u8, const CLAMP: u8>(
@@ -946,7 +948,8 @@ unsafe fn batch_codes<const S: u8, const CLAMP: u8>(
     stats: &mut ErrorStats,
 ) {
     let four = S == SYM4 || S == ASYM4;
-    // SAFETY: the caller's contract covers every load and store.
+    // SAFETY: the caller's contract covers every load from `data` and store into `codes`;
+    // the other stores write the local arrays of 16 f32, whole.
     unsafe {
         // Each group's parameters are broadcast from memory (a load each, no shuffle).
         let (mut inv, mut scale, mut min) = ([0f32; 16], [0f32; 16], [0f32; 16]);
