@@ -419,10 +419,17 @@ unsafe fn codes<const T: u8, const N: usize, const KEEP: bool>(
         let mut em = *emax;
         let src = x.as_ptr();
         let dst = out.as_mut_ptr();
+        // Each block's parameters are broadcast from memory (a load each, no shuffle).
+        let (id, df, mn, mf, kp) = (
+            to_array(p.id),
+            to_array(p.df),
+            to_array(p.mn),
+            to_array(p.mf),
+            to_array(keep).map(f32::to_bits),
+        );
         for j in 0..N {
-            let l = _mm256_set1_epi32(j as i32);
-            let vid = _mm256_permutevar8x32_ps(p.id, l);
-            let vd = _mm256_permutevar8x32_ps(p.df, l);
+            let vid = _mm256_set1_ps(id[j]);
+            let vd = _mm256_set1_ps(df[j]);
             let v = load4(src.add(j * QK));
             let mut q = [zero; 4];
             for k in 0..4 {
@@ -446,18 +453,18 @@ unsafe fn codes<const T: u8, const N: usize, const KEEP: bool>(
                         _mm256_mul_ps(vd, _mm256_sub_ps(q[k], _mm256_set1_ps(8.0)))
                     }
                     _ => {
-                        let vmn = _mm256_permutevar8x32_ps(p.mn, l);
+                        let vmn = _mm256_set1_ps(mn[j]);
                         let t = _mm256_add_ps(
                             _mm256_mul_ps(_mm256_sub_ps(v[k], vmn), vid),
                             _mm256_set1_ps(0.5),
                         );
                         q[k] = clamp15(t);
-                        _mm256_add_ps(_mm256_mul_ps(vd, q[k]), _mm256_permutevar8x32_ps(p.mf, l))
+                        _mm256_add_ps(_mm256_mul_ps(vd, q[k]), _mm256_set1_ps(mf[j]))
                     }
                 };
                 let mut e = _mm256_sub_ps(v[k], y);
                 if KEEP {
-                    e = _mm256_and_ps(e, _mm256_permutevar8x32_ps(keep, l));
+                    e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_set1_epi32(kp[j] as i32)));
                 }
                 if k % 2 == 0 {
                     ea = _mm256_fmadd_ps(e, e, ea);
