@@ -59,8 +59,10 @@ pub(crate) fn avx512_available() -> bool {
 /// The AVX-512 RTN kernels (no double quantization).
 ///
 /// # Safety
-/// The CPU must have what [`avx512_available`] checks (this function does not check it:
-/// it also runs under a CPU emulator, where probing the CPU is not possible).
+/// The CPU must have what [`avx512_available`] checks. This function does not check it:
+/// it also runs under a CPU emulator, where the standard library's feature cache (this
+/// process's memory, mirrored) would give the host's answer. `crate::quantize_rows`
+/// checks; `crate::quantize_rows_unchecked`'s caller guarantees it.
 pub(crate) unsafe fn avx512_quantize_rows(
     fmt: &QuantFormat,
     k: usize,

@@ -14,7 +14,7 @@ use shrinkray_kernels::{
 
 use crate::adversarial::{compare_stats, values, Bits, PATTERNS};
 
-/// Input elements of one job, owned, with a misaligned start.
+/// Input elements of one job, owned (where they start is the case's `off`).
 pub enum Owned {
     /// F32 elements.
     F32(Vec<f32>),
@@ -49,7 +49,8 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// Buffers for `rows` rows of `k`, filled with a sentinel that no kernel writes everywhere.
+    /// Buffers for `len` elements in rows of `k`, filled with a sentinel that no kernel
+    /// writes everywhere.
     pub fn sized(f: &QuantFormat, k: usize, len: usize) -> Outputs {
         let rows = len.checked_div(k).unwrap_or(0);
         Outputs {
@@ -116,7 +117,7 @@ pub fn compare(isa: Isa, what: &str, want: &Outputs, got: &Outputs) {
     compare_stats(isa, what, &want.stats, &got.stats);
 }
 
-/// The three source dtypes of `v`, each starting at `off`.
+/// `v` in the three source dtypes.
 pub fn inputs(v: &[f32]) -> [(Owned, &'static str); 3] {
     [
         (Owned::F32(v.to_vec()), "F32"),

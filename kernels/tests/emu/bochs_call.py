@@ -232,7 +232,7 @@ def main():
     sess.cpu.state = state
     # The return address, written into the parent's stack page as the emulator sees it.
     page = rsp & ~(PAGE - 1)
-    gpa = next((g for g, v in va_of.items() if v == page), None)
+    gpa = pa_of.get(page)
     if gpa is None or rsp % PAGE > PAGE - 8:
         print(f"bochs_call: the stack pointer {rsp:#x} is not in a readable mapping", file=sys.stderr)
         return 1

@@ -19,9 +19,8 @@ use shrinkray_kernels::{ErrorStats, Isa, QuantFormat, RowsOut, Src};
 
 use crate::cases::Outputs;
 
-/// One call of [`shrinkray_kernels::quantize_rows_unchecked`], laid out for `run_jobs`:
+/// One call of [`shrinkray_kernels::quantize_rows_unchecked`], as `run_jobs` takes it:
 /// plain pointers, so that the emulated call allocates nothing.
-#[repr(C)]
 pub struct Job {
     isa: Isa,
     fmt: QuantFormat,
@@ -142,12 +141,13 @@ pub fn emulate(jobs: &mut [Job], count_instructions: bool) -> Result<String, Fai
 }
 
 /// [`emulate`], where an unavailable emulator is a SKIPPED message (or a failure under
-/// `SHRINKRAY_REQUIRE_EMULATOR=1`); returns whether the jobs ran.
-pub fn emulate_or_skip(what: &str, jobs: &mut [Job]) -> bool {
-    match emulate(jobs, false) {
+/// `SHRINKRAY_REQUIRE_EMULATOR=1`) and a failed run a panic; returns the emulator's
+/// report when the jobs ran.
+pub fn emulate_or_skip(what: &str, jobs: &mut [Job], count_instructions: bool) -> Option<String> {
+    match emulate(jobs, count_instructions) {
         Ok(report) => {
             eprintln!("{what}: {} jobs on the emulated CPU: {report}", jobs.len());
-            true
+            Some(report)
         }
         Err(Failure::Unavailable(why)) => {
             if std::env::var("SHRINKRAY_REQUIRE_EMULATOR").is_ok_and(|v| v == "1") {
@@ -159,7 +159,7 @@ pub fn emulate_or_skip(what: &str, jobs: &mut [Job]) -> bool {
                 "SKIPPED: {what}: no CPU emulator ({why}); install it with \
                  `pip install bochscpu-python` (README, \"Kernels this CPU cannot run\")"
             );
-            false
+            None
         }
         Err(Failure::Failed(why)) => panic!("{what}: the emulated run failed: {why}"),
     }

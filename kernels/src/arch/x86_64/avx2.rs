@@ -263,13 +263,10 @@ unsafe fn rows_of<T: Load8, const S: u8>(
                 quantize_span(fmt.scheme, &p, group, start, 0, codes, &mut stats);
                 continue;
             }
+            // (It flushes the error sums into `stats` itself, every FLUSH elements.)
             // SAFETY: start is a multiple of 8 (checked by `rows`), so vector stores stay inside
             // this group's bytes of `codes`; body ≤ group.len().
             unsafe { code_body::<T, S>(&p, group, body, codes, start, &mut acc, &mut stats) };
-            if acc.n >= Acc::FLUSH {
-                // SAFETY: AVX2 is available.
-                unsafe { acc.flush(&mut stats) };
-            }
             if body < group.len() {
                 quantize_span(fmt.scheme, &p, group, start, body, codes, &mut stats);
             }
@@ -343,9 +340,8 @@ unsafe fn f16_saturating(d: __m256) -> (__m256, __m256) {
 }
 
 /// Eight full groups of `g` elements starting at group `first` of `row`: one vector pass
-/// for min/max, the 8 groups'
-/// parameters in vector lanes (F16 scales, the specification's arithmetic lane by lane),
-/// then codes from the row again, now in L1.
+/// for min/max, the 8 groups' parameters in vector lanes (F16 scales, the specification's
+/// arithmetic lane by lane), then codes from the row again, now in L1.
 ///
 /// Returns false, having written nothing, when a NaN or ±Inf is among them, or a
 /// magnitude of [`HUGE`] or more.
@@ -534,8 +530,8 @@ pub(super) const CLAMP_HI: u8 = 1;
 pub(super) const CLAMP_BOTH: u8 = 2;
 
 /// What [`batch_codes`] needs of a batch of 8 groups: the group size, where the values
-/// are, where the codes go, and the 8
-/// groups' inverse scales, scales and mins in vector lanes.
+/// are, where the codes go, and the 8 groups' inverse scales, scales and mins in vector
+/// lanes.
 struct Batch<T> {
     g: usize,
     src: *const T,
@@ -546,8 +542,9 @@ struct Batch<T> {
     min: __m256,
 }
 
-/// Codes and error sums of the 8 groups of `b`, from the input again (now in L1), clamped to the scheme's range at the bounds `CLAMP` says
-/// ([`CLAMP_NONE`] when no code can leave it, [`CLAMP_HI`], [`CLAMP_BOTH`]).
+/// Codes and error sums of the 8 groups of `b`, from the input again (now in L1), clamped
+/// to the scheme's range at the bounds `CLAMP` says ([`CLAMP_NONE`] when no code can
+/// leave it, [`CLAMP_HI`], [`CLAMP_BOTH`]).
 /// Returns the error sums `e2`, `emax` with the batch's errors added.
 ///
 /// # Safety
@@ -778,7 +775,9 @@ pub(super) unsafe fn hsum(v: __m256) -> f64 {
     }
 }
 
-/// Codes of `group[..body]` into the packed row `codes` (group at row position `start`).
+/// Codes of `group[..body]` into the packed row `codes` (group at row position `start`),
+/// adding the errors to `acc`, which is flushed into `stats` whenever it reaches
+/// [`Acc::FLUSH`] elements (so `acc.n < FLUSH` on return).
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `body ≤ group.len()`, a multiple of 8; `start` a multiple of 8 with

@@ -272,7 +272,9 @@ unsafe fn rows_of<T: Load16, const S: u8>(
     for r in 0..rows {
         let row = &src[r * k..(r + 1) * k];
         let mut gi = 0;
-        // Groups before this one belong to a batch that went group by group.
+        // Groups before this one belong to a batch that went group by group. (So that
+        // `group` is inlined once: a second call site for such batches executed 3–5% more
+        // instructions per element, counted on the emulator.)
         let mut slow_to = 0;
         while gi < gpr {
             if per_batch > 0 && gi >= slow_to && gi < full {
@@ -906,17 +908,13 @@ unsafe fn batch<T: Load16, const S: u8>(
             _mm512_set1_ps(qhi + 0.5),
         ) == active;
         let params = BatchParams { inv, scale, min };
-        let mut a = *acc;
         match (below_ok, above_ok) {
             (true, true) => {
-                batch_codes::<S, CLAMP_NONE>(g, m, data, s0, codes, &params, &mut a, stats)
+                batch_codes::<S, CLAMP_NONE>(g, m, data, s0, codes, &params, acc, stats)
             }
-            (true, false) => {
-                batch_codes::<S, CLAMP_HI>(g, m, data, s0, codes, &params, &mut a, stats)
-            }
-            _ => batch_codes::<S, CLAMP_BOTH>(g, m, data, s0, codes, &params, &mut a, stats),
+            (true, false) => batch_codes::<S, CLAMP_HI>(g, m, data, s0, codes, &params, acc, stats),
+            _ => batch_codes::<S, CLAMP_BOTH>(g, m, data, s0, codes, &params, acc, stats),
         }
-        *acc = a;
         stats.sum_sq += hsum16(xs);
         true
     }
