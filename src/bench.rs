@@ -494,14 +494,18 @@ fn time_quantize(
         || {
             let _ = std::fs::remove_dir_all(out);
         },
-        || match quantize(file, out, opts) {
-            Ok(r) => {
-                phases.extend(r.phases);
-                if let Ok(n) = &mut written {
-                    *n = r.totals.output_bytes_actual.unwrap_or(0);
-                }
+        || {
+            // After a failure the remaining runs are skipped: the error is what is reported.
+            if written.is_err() {
+                return;
             }
-            Err(e) => written = Err(e),
+            match quantize(file, out, opts) {
+                Ok(r) => {
+                    phases.extend(r.phases);
+                    written = Ok(r.totals.output_bytes_actual.unwrap_or(0));
+                }
+                Err(e) => written = Err(e),
+            }
         },
     );
     let _ = std::fs::remove_dir_all(out);
@@ -674,22 +678,38 @@ impl BenchReport {
                 "GB/s of input",
                 "vs memcpy",
             ]);
-            t.row(vec![
-                "quantize (durable: fsync, rename)".into(),
-                format!("{:.3}", e.median_s),
-                format!("{:.3}", e.read_quantize_s),
-                format!("{:.3}", e.finish_s),
-                format!("{:.2}", e.gb_s),
-                format!("{:.2}", e.vs_memcpy_1t),
-            ]);
-            t.row(vec![
-                "quantize --no-fsync".into(),
-                format!("{:.3}", e.no_fsync_median_s),
-                format!("{:.3}", e.no_fsync_read_quantize_s),
-                format!("{:.3}", e.no_fsync_finish_s),
-                format!("{:.2}", e.no_fsync_gb_s),
-                format!("{:.2}", e.no_fsync_vs_memcpy_1t),
-            ]);
+            let runs = [
+                (
+                    "quantize (durable: fsync, rename)",
+                    [
+                        e.median_s,
+                        e.read_quantize_s,
+                        e.finish_s,
+                        e.gb_s,
+                        e.vs_memcpy_1t,
+                    ],
+                ),
+                (
+                    "quantize --no-fsync",
+                    [
+                        e.no_fsync_median_s,
+                        e.no_fsync_read_quantize_s,
+                        e.no_fsync_finish_s,
+                        e.no_fsync_gb_s,
+                        e.no_fsync_vs_memcpy_1t,
+                    ],
+                ),
+            ];
+            for (name, [s, rq, fin, gb, vs]) in runs {
+                t.row(vec![
+                    name.into(),
+                    format!("{s:.3}"),
+                    format!("{rq:.3}"),
+                    format!("{fin:.3}"),
+                    format!("{gb:.2}"),
+                    format!("{vs:.2}"),
+                ]);
+            }
             t.row(vec![
                 format!(
                     "the disk alone: write {} + fdatasync",

@@ -232,20 +232,15 @@ pub fn run(
                         groups: stats.overflowed_groups,
                     });
                 }
-                Action::Ggml(ty) if stats.overflowed_groups > 0 => {
+                Action::Ggml(_) | Action::Mlx(_) if stats.overflowed_groups > 0 => {
                     return Err(EngineError::FixedScaleOverflow {
                         file: path.to_string(),
                         tensor: name.clone(),
                         blocks: stats.overflowed_groups,
-                        ty: ty.name(),
-                    });
-                }
-                Action::Mlx(_) if stats.overflowed_groups > 0 => {
-                    return Err(EngineError::FixedScaleOverflow {
-                        file: path.to_string(),
-                        tensor: name.clone(),
-                        blocks: stats.overflowed_groups,
-                        ty: "MLX",
+                        ty: match &tp.action {
+                            Action::Ggml(ty) => ty.name(),
+                            _ => "MLX",
+                        },
                     });
                 }
                 _ => {}
@@ -328,7 +323,9 @@ impl Unwritten<'_> {
     fn write(&self, file: &PendingFile) -> Result<(), WriteError> {
         for piece in self.pieces {
             let bytes = self.part(piece.kind);
-            debug_assert_eq!(piece.nbytes, bytes.len() as u64);
+            // The kernels' output must fill the planned piece exactly: anything else
+            // would leave a hole or overwrite the next piece.
+            assert_eq!(piece.nbytes, bytes.len() as u64, "{:?} piece", piece.kind);
             file.write_at(bytes, piece.offset)?;
         }
         Ok(())

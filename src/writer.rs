@@ -226,13 +226,12 @@ impl PendingFile {
             "cannot rename the finished file into place",
         ))?;
         self.file = None;
-        if !self.durable {
-            return Ok(self.final_path.clone());
+        if self.durable {
+            let dir = parent_dir(&self.final_path);
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&dir, "cannot fsync the directory"))?;
         }
-        let dir = parent_dir(&self.final_path);
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir, "cannot fsync the directory"))?;
         Ok(self.final_path.clone())
     }
 }
